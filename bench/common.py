@@ -1,0 +1,78 @@
+"""Shared writer for ``bench/results/<name>.json`` (the common top level of DESIGN.md "Benchmarks")."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def git_commit() -> str:
+    """Return the current git sha (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=root, text=True).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD"], cwd=root) != 0
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name() -> str:
+    """Name the device a benchmark ran on: the CUDA card if torch sees one, else the CPU model and cores."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def write_results(
+    name: str,
+    *,
+    rows: list[dict[str, Any]],
+    headline: dict[str, Any],
+    config: dict[str, Any] | None = None,
+    command: str | None = None,
+    device: str | None = None,
+    out_dir: Path | None = None,
+) -> Path:
+    """Write ``<out_dir>/<name>.json`` atomically (temp file, then rename) and return its path."""
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "name": name,
+        "commit": git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device or device_name(),
+        "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
+        "config": config or {},
+        "rows": rows,
+        "headline": headline,
+    }
+    path = out_dir / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2, default=float)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
