@@ -1,1 +1,5 @@
-"""kernels package."""
+"""Attention and scan ops: one folder per op (reference, Triton, dispatch); ``attention`` is the entry point."""
+
+from kernels.attention import attention
+
+__all__ = ["attention"]
