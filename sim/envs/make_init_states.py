@@ -1,0 +1,81 @@
+"""Generate the fixed init states of the embedded suites (``sim/init_states/<suite>/<task>.npz``).
+
+Each state is drawn from the env's own placement sampler with numpy's global RNG seeded per task,
+so a rerun with the same versions reproduces the files. Run it only when a scene changes; the
+files are committed and ``tests/sim/test_envs.py`` checks that they still load and match.
+
+Example:
+    python -m sim.envs.make_init_states --suites embedded_goal robosuite_stock
+    python -m sim.envs.make_init_states --suites robosuite_stock --tasks door --num 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import zlib
+from importlib.metadata import version
+
+import numpy as np
+
+from sim.base import NUM_INIT_STATES, init_state_path, save_init_states
+from sim.configs import RenderConfig
+from sim.suites import EMBEDDED_SUITES, get_suite, make_env
+
+logger = logging.getLogger(__name__)
+
+
+def task_seed(suite: str, task: str, base_seed: int = 0) -> int:
+    """A stable per-task seed (crc32 of ``suite/task``, plus ``base_seed``)."""
+    return (zlib.crc32(f"{suite}/{task}".encode()) + base_seed) % (2**32)
+
+
+def generate(suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int = 0) -> np.ndarray:
+    """Draw ``num`` init states of ``suite``/``task`` and write them; returns ``(num, D)``."""
+    env = make_env(suite, task, render=RenderConfig.off())
+    try:
+        seed = task_seed(suite, task, base_seed)
+        rng_state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            states = np.stack([env.sample_init_state() for _ in range(num)])
+        finally:
+            np.random.set_state(rng_state)
+        model = env.rs_env.sim.model
+        meta = {
+            "suite": suite,
+            "task": task,
+            "seed": seed,
+            "num": num,
+            "nq": int(model.nq),
+            "nv": int(model.nv),
+            "robosuite": version("robosuite"),
+            "mujoco": version("mujoco"),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        save_init_states(init_state_path(suite, task), states, meta)
+        return states
+    finally:
+        env.close()
+
+
+def main() -> None:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suites", nargs="+", default=list(EMBEDDED_SUITES))
+    p.add_argument("--tasks", nargs="*", default=None, help="task names (default: all tasks of each suite)")
+    p.add_argument("--num", type=int, default=NUM_INIT_STATES)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for suite in args.suites:
+        for spec in get_suite(suite).tasks:
+            if args.tasks and spec.name not in args.tasks:
+                continue
+            states = generate(suite, spec.name, args.num, args.seed)
+            logger.info("%s/%s: %s -> %s", suite, spec.name, states.shape, init_state_path(suite, spec.name))
+
+
+if __name__ == "__main__":
+    main()
