@@ -1,0 +1,1 @@
+"""Console scripts of the sim package (vla-collect, vla-demo)."""
