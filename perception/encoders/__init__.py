@@ -1,0 +1,1 @@
+"""Vision encoder implementations."""

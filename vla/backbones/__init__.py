@@ -1,0 +1,1 @@
+"""Backbones: the compact Llama/Qwen2-style decoder."""

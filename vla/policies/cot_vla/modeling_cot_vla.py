@@ -1,0 +1,341 @@
+"""CoT-VLA network: visual chain of thought (subgoal image codes), then a parallel action chunk.
+
+Sequence (fixed layout, so every sample has the same positions)::
+
+    [instruction (text_max_tokens) | state (1) | cameras (n_cams x num_patches)
+     | <boi> | subgoal codes (N) | <eoi> | action tokens (chunk x A)]
+
+Causal attention over everything except the action tokens, which see each other fully (CoT-VLA's
+hybrid mask), so the chunk decodes in one pass. Padding in the instruction is masked as keys.
+With ``use_cot=False`` the ``<boi> ... <eoi>`` block is absent (the ablation).
+
+The subgoal is generated greedily with the decoder's static KV cache: one prefill up to ``<boi>``,
+``N - 1`` one-token decode steps, then one pass over ``[c_N, <eoi>, actions]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typing_extensions import override
+
+from vla.backbones.decoder import Decoder, init_weights, load_hf_decoder
+from vla.configs import CotVlaConfig
+from vla.constants import ACTION, ACTION_IS_PAD, OBS_STATE, SUBGOAL_IMAGE, TASK
+from vla.language import TEXT_DIM, get_text_encoder
+from vla.normalize import (
+    NormStats,
+    actions_to_bins,
+    bins_to_actions,
+    normalize_actions,
+    stats_tensor,
+    unnormalize_actions,
+)
+from vla.policy import STATS_FILE, TOKENIZER_DIR, Policy
+from vla.tokenizer.fsq import FSQAutoencoder, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Token positions of the CoT-VLA sequence."""
+
+    n_text: int
+    n_vis: int
+    n_codes: int
+    n_act: int
+    use_cot: bool
+
+    @property
+    def prefix_len(self) -> int:
+        """Instruction + state + visual tokens."""
+        return self.n_text + 1 + self.n_vis
+
+    @property
+    def boi(self) -> int:
+        """Index of ``<boi>`` (only with CoT)."""
+        return self.prefix_len
+
+    @property
+    def codes_start(self) -> int:
+        """Index of the first subgoal code."""
+        return self.boi + 1
+
+    @property
+    def act_start(self) -> int:
+        """Index of the first action token."""
+        return self.prefix_len + (self.n_codes + 2 if self.use_cot else 0)
+
+    @property
+    def total(self) -> int:
+        """Sequence length."""
+        return self.act_start + self.n_act
+
+    def base_mask(self, device: torch.device | str = "cpu") -> Tensor:
+        """Hybrid mask `(T, T)`, True = may attend: causal, plus full attention among action tokens."""
+        m = torch.ones(self.total, self.total, dtype=torch.bool, device=device).tril()
+        m[self.act_start :, self.act_start :] = True
+        return m
+
+
+class CotVlaPolicy(Policy):
+    """The CoT-VLA model. Batches hold float images `(B, 3, H, W)` in [0, 1] (see ``vla.constants``)."""
+
+    def __init__(self, config: CotVlaConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        d = cfg.backbone.hidden_size
+        self.vision = cfg.vision.build()
+        self.vision_transform = self.vision.get_transform()
+        self.vis_proj = nn.Linear(self.vision.embed_dim, d)
+        self.cam_embed = nn.Parameter(torch.zeros(len(cfg.camera_keys), d))
+        self.text_proj = nn.Linear(TEXT_DIM, d)
+        self.state_proj = nn.Linear(cfg.state_dim, d)
+        self.tokenizer = FSQAutoencoder(cfg.tokenizer)
+        self.tokenizer.requires_grad_(False)
+        self.code_embed = nn.Embedding(cfg.tokenizer.codebook_size, d)
+        self.code_head = nn.Linear(d, cfg.tokenizer.codebook_size)
+        self.boi = nn.Parameter(torch.zeros(d))
+        self.eoi = nn.Parameter(torch.zeros(d))
+        self.action_queries = nn.Parameter(torch.zeros(cfg.chunk_size * cfg.action_dim, d))
+        out = cfg.num_bins if cfg.action_head == "discrete" else 1
+        self.action_out = nn.Linear(d, out)
+        self.backbone = Decoder(cfg.backbone)
+        for m in (self.vis_proj, self.text_proj, self.state_proj, self.code_embed, self.code_head,
+                  self.action_out, self.backbone):
+            init_weights(m)
+        for p in (self.cam_embed, self.boi, self.eoi, self.action_queries):
+            nn.init.normal_(p, 0.0, 0.02)
+        if cfg.pretrained_backbone:
+            hf = load_hf_decoder(cfg.pretrained_backbone, with_lm=False)
+            if hf.cfg != cfg.backbone:
+                raise ValueError(f"pretrained backbone shape {hf.cfg} differs from policy.backbone {cfg.backbone}; "
+                                 "copy its sizes into --policy.backbone.*")
+            self.backbone.load_state_dict(hf.state_dict())
+        if cfg.tokenizer_path:
+            tok = FSQAutoencoder.from_pretrained(cfg.tokenizer_path)
+            if tok.cfg != cfg.tokenizer:
+                raise ValueError(f"tokenizer at {cfg.tokenizer_path} has config {tok.cfg}, but policy.tokenizer is "
+                                 f"{cfg.tokenizer}; set policy.tokenizer to match (vla-train does this)")
+            self.tokenizer.load_state_dict(tok.state_dict())
+        self.set_normalization(NormStats.identity(cfg.action_dim, cfg.state_dim))
+        self.layout = Layout(cfg.text_max_tokens, len(cfg.camera_keys) * self.vision.num_patches,
+                             cfg.tokenizer.num_tokens, cfg.chunk_size * cfg.action_dim, cfg.use_cot)
+        self.register_buffer("mask", self.layout.base_mask(), persistent=False)
+
+    # ---- normalization ----
+
+    def set_normalization(self, stats: NormStats) -> None:
+        """Install dataset statistics (saved with the checkpoint)."""
+        cfg = self.config
+        if len(stats.action_q01) != cfg.action_dim or len(stats.state_mean) != cfg.state_dim:
+            raise ValueError(f"stats are for action_dim={len(stats.action_q01)}, state_dim={len(stats.state_mean)}; "
+                             f"the policy has {cfg.action_dim}, {cfg.state_dim}")
+        dev = self.cam_embed.device
+        for name, vals in (("action_q01", stats.action_q01), ("action_q99", stats.action_q99),
+                           ("state_mean", stats.state_mean), ("state_std", stats.state_std)):
+            self.register_buffer(name, stats_tensor(vals).to(dev))
+
+    def norm_stats(self) -> NormStats:
+        """The installed statistics."""
+        return NormStats(self.action_q01.tolist(), self.action_q99.tolist(), self.state_mean.tolist(),
+                         self.state_std.tolist())
+
+    # ---- embedding ----
+
+    def embed_prefix(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Embed instruction, state and cameras.
+
+        Returns:
+            prefix `(B, prefix_len, d)` and key validity `(B, T)` over the whole sequence.
+        """
+        cfg = self.config
+        state = batch[OBS_STATE]
+        b, dev = state.shape[0], state.device
+        tasks = batch[TASK]
+        if isinstance(tasks, str) or len(tasks) != b:
+            raise ValueError(f"batch['task'] must be a list of {b} instruction strings")
+        text, text_valid = get_text_encoder(cfg.text_max_tokens)(list(tasks))
+        text, text_valid = text.to(dev), text_valid.to(dev)
+        imgs = []
+        for key in cfg.camera_keys:
+            if key not in batch:
+                raise KeyError(f"batch has no camera {key!r}; the policy needs {cfg.camera_keys}")
+            imgs.append(self.vision_transform(batch[key]))
+        feats = self.vision(torch.cat(imgs, 0))  # (n_cams*B, P, E): one encoder, batched over cameras
+        feats = self.vis_proj(feats).view(len(imgs), b, -1, self.cam_embed.shape[1])
+        feats = feats + self.cam_embed[:, None, None, :]
+        vis = feats.permute(1, 0, 2, 3).reshape(b, -1, feats.shape[-1])  # (B, n_cams*P, d)
+        st = self.state_proj((state - self.state_mean) / self.state_std)[:, None]
+        prefix = torch.cat([self.text_proj(text).to(vis.dtype), st.to(vis.dtype), vis], 1)
+        valid = torch.ones(b, self.layout.total, dtype=torch.bool, device=dev)
+        valid[:, : cfg.text_max_tokens] = text_valid
+        return prefix, valid
+
+    def subgoal_codes(self, images: Tensor) -> Tensor:
+        """Tokenize subgoal frames `(B, 3, H, W)` in [0, 1] into codes `(B, N)` (frozen tokenizer)."""
+        s = self.config.tokenizer.image_size
+        if images.shape[-2:] != (s, s):
+            images = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return self.tokenizer.encode(images.float())
+
+    def _mask(self, valid: Tensor, rows: slice, end: int) -> Tensor:
+        return self.mask[rows, :end][None, None] & valid[:, None, None, :end]  # (B, 1, Tq, Tk)
+
+    def _queries(self, b: int) -> Tensor:
+        return self.action_queries[None].expand(b, -1, -1)
+
+    # ---- training ----
+
+    @override
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        cfg, lay = self.config, self.layout
+        prefix, valid = self.embed_prefix(batch)
+        b = prefix.shape[0]
+        parts = [prefix]
+        if cfg.use_cot:
+            if SUBGOAL_IMAGE not in batch:
+                raise KeyError(f"CoT training needs batch[{SUBGOAL_IMAGE!r}] (the frame k steps ahead)")
+            codes = self.subgoal_codes(batch[SUBGOAL_IMAGE])
+            parts += [self.boi.expand(b, 1, -1), self.code_embed(codes), self.eoi.expand(b, 1, -1)]
+        parts.append(self._queries(b))
+        h = self.backbone(torch.cat([p.to(prefix.dtype) for p in parts], 1), self._mask(valid, slice(None), lay.total))
+        logs: dict[str, float] = {}
+        loss = torch.zeros((), device=h.device)
+        if cfg.use_cot:
+            logits = self.code_head(h[:, lay.boi : lay.boi + lay.n_codes]).float()  # (B, N, V)
+            sub_loss = F.cross_entropy(logits.flatten(0, 1), codes.flatten())
+            loss = loss + cfg.subgoal_loss_weight * sub_loss
+            logs["subgoal_loss"] = sub_loss.item()
+            logs["subgoal_acc"] = (logits.argmax(-1) == codes).float().mean().item()
+        target = normalize_actions(batch[ACTION], self.action_q01, self.action_q99)  # (B, h, A)
+        weight = torch.ones_like(target)
+        if ACTION_IS_PAD in batch:
+            weight = weight * (~batch[ACTION_IS_PAD].bool())[..., None].float()
+        out = self.action_out(h[:, lay.act_start :]).float()  # (B, h*A, bins or 1)
+        if cfg.action_head == "discrete":
+            bins = actions_to_bins(target, cfg.num_bins).flatten(1)
+            ce = F.cross_entropy(out.transpose(1, 2), bins, reduction="none")  # (B, h*A)
+            act_loss = (ce * weight.flatten(1)).sum() / weight.sum().clamp_min(1)
+            pred = bins_to_actions(out.argmax(-1), cfg.num_bins).view_as(target)
+        else:
+            pred = out.squeeze(-1).view_as(target)
+            act_loss = ((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1)
+        loss = loss + act_loss
+        logs["action_loss"] = act_loss.item()
+        logs["action_l1"] = (((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1)).item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    # ---- inference ----
+
+    def _decode_actions(self, h_act: Tensor) -> Tensor:
+        out = self.action_out(h_act).float()
+        b = h_act.shape[0]
+        if self.config.action_head == "discrete":
+            x = bins_to_actions(out.argmax(-1), self.config.num_bins)
+        else:
+            x = out.squeeze(-1).clamp(-1, 1)
+        return x.view(b, self.config.chunk_size, self.config.action_dim)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], use_cache: bool = True) -> dict[str, Tensor]:
+        """Greedy subgoal codes, then the action chunk.
+
+        Args:
+            batch: observation batch (no actions needed).
+            use_cache: decode with the static KV cache; ``False`` recomputes the full sequence at every
+                step (the reference the cache is tested against).
+
+        Returns:
+            ``actions_norm`` `(B, h, A)` in [-1, 1], ``actions`` raw `(B, h, A)`, and with CoT
+            ``codes`` `(B, N)`.
+        """
+        cfg, lay = self.config, self.layout
+        prefix, valid = self.embed_prefix(batch)
+        b, dt = prefix.shape[0], prefix.dtype
+        res: dict[str, Tensor] = {}
+        if not cfg.use_cot:
+            x = torch.cat([prefix, self._queries(b).to(dt)], 1)
+            h = self.backbone(x, self._mask(valid, slice(None), lay.total))
+            act = self._decode_actions(h[:, lay.act_start :])
+        elif use_cache:
+            cache = self.backbone.allocate_cache(b, lay.total, prefix.device, dt)
+            x = torch.cat([prefix, self.boi.expand(b, 1, -1).to(dt)], 1)
+            h = self.backbone.prefill(x, cache, self._mask(valid, slice(0, lay.boi + 1), lay.boi + 1))
+            codes = [self.code_head(h[:, -1]).argmax(-1)]
+            for i in range(1, lay.n_codes):
+                pos = lay.boi + i
+                h = self.backbone.decode(self.code_embed(codes[-1])[:, None].to(dt), cache, pos,
+                                         self._mask(valid, slice(pos, pos + 1), pos + 1))
+                codes.append(self.code_head(h[:, -1]).argmax(-1))
+            pos = lay.boi + lay.n_codes
+            x = torch.cat([self.code_embed(codes[-1])[:, None].to(dt), self.eoi.expand(b, 1, -1).to(dt),
+                           self._queries(b).to(dt)], 1)
+            h = self.backbone.decode(x, cache, pos, self._mask(valid, slice(pos, lay.total), lay.total))
+            act = self._decode_actions(h[:, 2:])
+            res["codes"] = torch.stack(codes, 1)
+        else:
+            seq = torch.cat([prefix, self.boi.expand(b, 1, -1).to(dt)], 1)
+            codes = []
+            for _ in range(lay.n_codes):
+                t = seq.shape[1]
+                h = self.backbone(seq, self._mask(valid, slice(0, t), t))
+                codes.append(self.code_head(h[:, -1]).argmax(-1))
+                seq = torch.cat([seq, self.code_embed(codes[-1])[:, None].to(dt)], 1)
+            seq = torch.cat([seq, self.eoi.expand(b, 1, -1).to(dt), self._queries(b).to(dt)], 1)
+            h = self.backbone(seq, self._mask(valid, slice(None), lay.total))
+            act = self._decode_actions(h[:, lay.act_start :])
+            res["codes"] = torch.stack(codes, 1)
+        res["actions_norm"] = act
+        res["actions"] = unnormalize_actions(act, self.action_q01, self.action_q99)
+        return res
+
+    @override
+    def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
+        return self.generate(batch)["actions"]
+
+    @torch.no_grad()
+    def decode_subgoal(self, codes: Tensor) -> Tensor:
+        """Codes `(B, N)` -> subgoal images `(B, 3, S, S)` in [0, 1]."""
+        return self.tokenizer.decode(codes)
+
+    # ---- checkpoint files ----
+
+    @override
+    def config_to_save(self) -> CotVlaConfig:
+        # The tokenizer and backbone weights live in the checkpoint itself, not at the build-time paths.
+        return dataclasses.replace(self.config, tokenizer_path=None, pretrained_backbone=None)
+
+    @override
+    def state_dict_to_save(self) -> dict[str, Tensor]:
+        return {k: v for k, v in super().state_dict_to_save().items() if not k.startswith("tokenizer.")}
+
+    @override
+    def optional_key(self, key: str) -> bool:
+        return key.startswith("tokenizer.")
+
+    @override
+    def extra_files(self, path: Path) -> None:
+        self.tokenizer.save_pretrained(path / TOKENIZER_DIR)
+        import json
+
+        atomic_write_text(path / STATS_FILE, json.dumps(self.norm_stats().to_dict(), indent=2))
+
+    @override
+    def load_checkpoint_files(self, path: Path) -> None:
+        import json
+
+        if not (path / STATS_FILE).is_file() or not (path / TOKENIZER_DIR).is_dir():
+            raise FileNotFoundError(f"checkpoint {path} lacks {STATS_FILE} or {TOKENIZER_DIR}/")
+        self.set_normalization(NormStats(**json.loads((path / STATS_FILE).read_text())))
+        super().load_checkpoint_files(path)
+        tok = FSQAutoencoder.from_pretrained(path / TOKENIZER_DIR)
+        if tok.cfg != self.config.tokenizer:
+            raise ValueError(f"tokenizer in {path} ({tok.cfg}) differs from the config ({self.config.tokenizer})")
+        self.tokenizer.load_state_dict(tok.state_dict())

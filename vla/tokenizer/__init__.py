@@ -1,0 +1,1 @@
+"""Subgoal image tokenizers (FSQ autoencoder)."""
