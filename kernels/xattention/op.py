@@ -1,0 +1,122 @@
+"""Public XAttention ops: block selection (antidiagonal scoring + threshold) and sparse prefill."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from kernels.block_sparse_attention.index import BlockIndex, mask_to_index
+from kernels.block_sparse_attention.op import block_sparse_attn
+from kernels.dispatch import resolve_impl
+from kernels.xattention.reference import xattn_select_ref
+
+try:
+    from kernels.xattention.triton_fwd import xattn_score_fwd, xattn_select_fwd
+except ImportError:  # triton missing: reference only
+    xattn_score_fwd = xattn_select_fwd = None
+
+SUPPORTED_STRIDES = (1, 2, 4, 8, 16)
+
+
+def _unsupported(q: Tensor, stride: int, block_size: int) -> str | None:
+    if xattn_score_fwd is None:
+        return "triton is not importable"
+    if block_size not in (64, 128):
+        return f"block_size {block_size} not in (64, 128)"
+    if stride not in SUPPORTED_STRIDES:
+        return f"stride {stride} not in {SUPPORTED_STRIDES}"
+    if q.shape[-1] not in (64, 128):
+        return f"head dim {q.shape[-1]} not in (64, 128)"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype} not supported"
+    return None
+
+
+def xattn_select(
+    q: Tensor,
+    k: Tensor,
+    *,
+    stride: int = 8,
+    tau: float = 0.9,
+    block_size: int = 128,
+    scale: float | None = None,
+    causal: bool = True,
+    return_mass: bool = False,
+    impl: Literal["auto", "triton", "reference"] = "auto",
+    config: dict[str, int] | None = None,
+) -> tuple[BlockIndex, Tensor | None]:
+    """Pick the key blocks each query block attends to (XAttention, ``README.md``).
+
+    Args:
+        q: `(B, Tq, Hq, D)`; k: `(B, Tk, Hkv, D)`, ``Hq % Hkv == 0``.
+        stride: antidiagonal stride (4, 8 or 16 in practice; 1 scores exact attention mass).
+        tau: kept share of each query-block row's mass, in (0, 1].
+        block_size: block size in tokens (multiple of ``stride``).
+        scale: softmax scale, default ``D ** -0.5``.
+        causal: causal rule, queries aligned to the end of the keys.
+        return_mass: also return the `(B, Hq, NQB, NKB)` block mass.
+        impl: ``"auto"``, ``"triton"`` or ``"reference"``.
+        config: scoring launch override ``{"block_m", "block_n", "num_warps", "num_stages"}``.
+
+    Returns:
+        ``(BlockIndex, mass or None)``: ascending kept-block lists for :func:`block_sparse_attn`.
+    """
+    if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"xattn_select expects [B, T, H, D] q and k; got q{tuple(q.shape)} k{tuple(k.shape)}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key heads ({k.shape[2]})")
+    if block_size % stride:
+        raise ValueError(f"block_size ({block_size}) must be a multiple of stride ({stride})")
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    if causal and q.shape[1] > k.shape[1]:
+        raise ValueError(f"causal needs Tq <= Tk, got Tq={q.shape[1]}, Tk={k.shape[1]}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    which = resolve_impl(impl, q, k, op="xattn_select", unsupported=_unsupported(q, stride, block_size))
+    b, t_q, h_q, _ = q.shape
+    t_k = k.shape[1]
+    if which == "reference":
+        mask, mass = xattn_select_ref(q, k, stride=stride, tau=tau, block_size=block_size, scale=scale,
+                                      causal=causal)
+        return mask_to_index(mask, t_q, t_k, block_size, causal=causal), (mass if return_mass else None)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    lse_rb, lse_r = xattn_score_fwd(q, k, stride=stride, block_size=block_size, scale=scale, causal=causal,
+                                    config=config)
+    return xattn_select_fwd(lse_rb, lse_r, batch=b, heads=h_q, t_q=t_q, t_k=t_k, stride=stride,
+                            block_size=block_size, tau=tau, causal=causal, return_mass=return_mass)
+
+
+def xattention_prefill(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    stride: int = 8,
+    tau: float = 0.9,
+    block_size: int = 128,
+    scale: float | None = None,
+    causal: bool = True,
+    head_type: Tensor | None = None,
+    sink: int = 128,
+    local: int = 4096,
+    impl: Literal["auto", "triton", "reference"] = "auto",
+) -> Tensor:
+    """XAttention prefill: select blocks, then block-sparse attention (streaming heads in the same launch).
+
+    Args:
+        q, k, v: ``[B, T, H, D]`` as in :func:`block_sparse_attn`.
+        stride, tau, block_size, scale, causal: as in :func:`xattn_select`.
+        head_type: optional `(Hq,)` int, 1 marks streaming heads (sink + local, no scoring needed).
+        sink, local: streaming-head window in tokens.
+        impl: ``"auto"``, ``"triton"`` or ``"reference"`` for both stages.
+
+    Returns:
+        `(B, Tq, Hq, D)`.
+    """
+    index, _ = xattn_select(q, k, stride=stride, tau=tau, block_size=block_size, scale=scale, causal=causal,
+                            impl=impl)
+    return block_sparse_attn(q, k, v, block_index=index, block_size=block_size, scale=scale, causal=causal,
+                             head_type=head_type, sink=sink, local=local, impl=impl)

@@ -1,0 +1,108 @@
+"""Plain-PyTorch XAttention block scoring and threshold selection (fp32 inside).
+
+XAttention (Xu et al., ICML 2025, Sec. 2.1-2.2): the importance of a (query block, key block)
+pair is the softmax mass of its strided antidiagonal sums. With stride ``S``, row ``i`` of the
+reshaped queries concatenates ``q[iS + S-1-s]`` over ``s``, column ``j`` of the reshaped keys
+concatenates ``k[jS + s]``, so ``(Q_r K_rᵀ)[i, j] = Σ_s q[iS+S-1-s] · k[jS+s]`` is one antidiagonal of
+the ``S × S`` cell. Scores are scaled by ``D^-1/2 / S``, causally masked, softmaxed per reshaped row
+and summed over the ``(block/S)²`` cells of each block pair.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _pad_to(x: Tensor, length: int) -> Tensor:
+    return torch.nn.functional.pad(x, (0, 0, 0, 0, 0, length - x.shape[1])) if x.shape[1] < length else x
+
+
+def antidiagonal_block_mass_ref(
+    q: Tensor, k: Tensor, *, stride: int, block_size: int = 128, scale: float | None = None, causal: bool = True
+) -> Tensor:
+    """Block mass from antidiagonal scoring.
+
+    Args:
+        q: `(B, Tq, Hq, D)`; k: `(B, Tk, Hkv, D)`, ``Hq % Hkv == 0``.
+        stride: antidiagonal stride ``S`` (``block_size % S == 0``; ``S = 1`` gives exact attention mass).
+        block_size: block size in tokens.
+        scale: softmax scale, default ``D ** -0.5`` (divided by ``S`` inside).
+        causal: causal rule at stride granularity: column ``j`` is visible to row ``i`` iff
+            ``jS <= iS + Tk - Tq``.
+
+    Returns:
+        `(B, Hq, NQB, NKB)` fp32; each valid reshaped row contributes a total mass of 1.
+    """
+    if block_size % stride:
+        raise ValueError(f"block_size ({block_size}) must be a multiple of stride ({stride})")
+    b, t_q, h_q, d = q.shape
+    t_k, h_kv = k.shape[1], k.shape[2]
+    scale = d**-0.5 if scale is None else scale
+    n_qb, n_kb = -(-t_q // block_size), -(-t_k // block_size)
+    r = block_size // stride
+    qp = _pad_to(q.float(), n_qb * block_size).transpose(1, 2)  # (B, H, Tq_pad, D)
+    kp = _pad_to(k.float(), n_kb * block_size).transpose(1, 2).repeat_interleave(h_q // h_kv, dim=1)
+    qr = torch.cat([qp[:, :, stride - 1 - s :: stride] for s in range(stride)], dim=-1)  # (B, H, Tq_pad/S, S*D)
+    kr = torch.cat([kp[:, :, s::stride] for s in range(stride)], dim=-1)
+    scores = (qr @ kr.transpose(-1, -2)) * (scale / stride)
+    rows = torch.arange(qr.shape[2], device=q.device)
+    cols = torch.arange(kr.shape[2], device=q.device)
+    allowed = (cols[None, :] * stride < t_k).expand(rows.numel(), -1)
+    if causal:
+        allowed = allowed & (cols[None, :] * stride <= rows[:, None] * stride + (t_k - t_q))
+    scores = scores.masked_fill(~allowed, -math.inf)
+    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    p = p * (rows * stride < t_q)[:, None].to(p.dtype)
+    return p.view(b, h_q, n_qb, r, n_kb, r).sum(dim=(3, 5))
+
+
+def forced_blocks(t_q: int, t_k: int, block_size: int, device: torch.device | str) -> Tensor:
+    """`(NQB, NKB)` bool: the first key block and the diagonal block(s) (keys at the row's own positions)."""
+    n_qb, n_kb = -(-t_q // block_size), -(-t_k // block_size)
+    qb = torch.arange(n_qb, device=device)
+    q_lo = qb * block_size + (t_k - t_q)
+    q_hi = torch.clamp((qb + 1) * block_size, max=t_q) - 1 + (t_k - t_q)
+    kb = torch.arange(n_kb, device=device)[None, :]
+    diag = (kb * block_size <= q_hi[:, None]) & (kb * block_size + block_size > q_lo[:, None])
+    return diag | (kb == 0)
+
+
+def select_blocks_ref(mass: Tensor, tau: float, *, t_q: int, t_k: int, block_size: int, causal: bool) -> Tensor:
+    """Threshold selection (XAttention ``find_blocks_chunked``) on `(B, H, NQB, NKB)` block mass.
+
+    Per query-block row: keep the first and diagonal blocks, then add the remaining visible blocks
+    in descending mass until the kept mass reaches ``tau`` × the row's total. Blocks tied with the
+    last one added are kept too; zero-mass blocks are never added.
+
+    Returns:
+        `(B, H, NQB, NKB)` bool block mask.
+    """
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    from kernels.block_sparse_attention.index import visible_blocks
+
+    dev = mass.device
+    vis = visible_blocks(t_q, t_k, block_size, causal, dev)
+    forced = forced_blocks(t_q, t_k, block_size, dev) & vis
+    m = mass.float().masked_fill(~vis, 0.0)
+    need = tau * m.sum(-1, keepdim=True) - (m * forced).sum(-1, keepdim=True)
+    cand = torch.where(vis & ~forced, m, torch.full_like(m, -1.0))
+    srt = torch.sort(cand, dim=-1, descending=True).values
+    excl = torch.cumsum(srt.clamp_min(0.0), dim=-1) - srt.clamp_min(0.0)
+    n_add = ((excl < need) & (srt >= 0)).sum(-1, keepdim=True)
+    cutoff = torch.gather(srt, -1, (n_add - 1).clamp_min(0))
+    cutoff = torch.where(n_add > 0, cutoff, torch.full_like(cutoff, math.inf))
+    return forced | ((cand >= cutoff) & (cand > 0))
+
+
+def xattn_select_ref(
+    q: Tensor, k: Tensor, *, stride: int, tau: float, block_size: int = 128, scale: float | None = None,
+    causal: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Antidiagonal scoring then threshold selection. Returns ``(block_mask, block_mass)``."""
+    mass = antidiagonal_block_mass_ref(q, k, stride=stride, block_size=block_size, scale=scale, causal=causal)
+    mask = select_blocks_ref(mass, tau, t_q=q.shape[1], t_k=k.shape[1], block_size=block_size, causal=causal)
+    return mask, mass

@@ -1,0 +1,181 @@
+"""Triton XAttention: fused antidiagonal scoring (strided reshape + GEMM + online softmax + block sums)
+and a fused finalize + threshold-selection kernel that writes the compacted block index list.
+
+Scoring is one pass: each program owns ``BLOCK_M`` reshaped query rows of one (batch, head) and
+walks the reshaped key columns up to its causal limit. The strided reshape is folded into the
+loads (``S`` dots of ``D`` wide instead of one ``S·D`` wide GEMM). For every (row, key block) it
+stores the base-2 log-sum-exp of the row's scores inside the block, and at the end the row's
+total log-sum-exp; the selection kernel turns those into block mass (``Σ_rows 2^(lse_rb - lse_r)``),
+sorts, thresholds at ``τ`` and compacts the kept blocks in ascending order.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.block_sparse_attention.index import BlockIndex
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _xattn_score_fwd_kernel(
+    Q, K, LSE_RB, LSE_R, qk_scale,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+    T_Q, T_K, N_HEADS, GROUP, N_ROWS, N_KB,
+    STRIDE: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // N_HEADS
+    h = pid_bh % N_HEADS
+    hk = h // GROUP
+    b64 = b.to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_base = Q + b64 * stride_qb + h * stride_qh
+    k_base = K + b64 * stride_kb + hk * stride_kh
+    off = T_K - T_Q
+    row_ok = rows * STRIDE < T_Q
+    last_row = tl.minimum(pid_m * BLOCK_M + BLOCK_M, N_ROWS) - 1
+    n_cols = tl.cdiv(T_K, STRIDE)
+    if CAUSAL:
+        n_cols = tl.minimum(n_cols, (last_row * STRIDE + off) // STRIDE + 1)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    NB: tl.constexpr = BLOCK_N // R
+    lse_base = LSE_RB + pid_bh.to(tl.int64) * N_ROWS * N_KB + rows[:, None].to(tl.int64) * N_KB
+    for start in range(0, n_cols, BLOCK_N):
+        cols = start + offs_n
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for s in tl.static_range(STRIDE):
+            tq = rows * STRIDE + (STRIDE - 1 - s)
+            tk = cols * STRIDE + s
+            qs = tl.load(q_base + tq[:, None] * stride_qt + offs_d[None, :], mask=tq[:, None] < T_Q, other=0.0)
+            ks = tl.load(k_base + tk[None, :] * stride_kt + offs_d[:, None], mask=tk[None, :] < T_K, other=0.0)
+            acc = tl.dot(qs, ks, acc)
+        keep = cols[None, :] * STRIDE < T_K
+        if CAUSAL:
+            keep = keep & (cols[None, :] * STRIDE <= rows[:, None] * STRIDE + off)
+        sc = tl.where(keep, acc * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(sc - m_use[:, None])
+        l_i = l_i * tl.math.exp2(m_i - m_use) + tl.sum(p, 1)
+        m_i = m_new
+        bsum = tl.sum(tl.reshape(p, [BLOCK_M, NB, R]), axis=2)
+        lse = tl.math.log2(bsum) + m_use[:, None]
+        kb = start // R + tl.arange(0, NB)
+        tl.store(lse_base + kb[None, :], lse, mask=(kb[None, :] < N_KB) & (rows[:, None] < N_ROWS))
+    row_lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("inf"))
+    row_lse = tl.where(row_ok, row_lse, float("inf"))  # rows past Tq contribute no mass
+    tl.store(LSE_R + pid_bh.to(tl.int64) * N_ROWS + rows, row_lse, mask=rows < N_ROWS)
+
+
+@triton.jit
+def _xattn_select_kernel(
+    LSE_RB, LSE_R, MASS, IDX, CNT, NFULL, tau,
+    T_Q, T_K, N_ROWS, N_KB, N_QB,
+    STRIDE: tl.constexpr, R: tl.constexpr, BLOCK_SIZE: tl.constexpr, CAUSAL: tl.constexpr,
+    NKB_P2: tl.constexpr, WRITE_MASS: tl.constexpr,
+):
+    qb = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    kb = tl.arange(0, NKB_P2)
+    off = T_K - T_Q
+    last_row = tl.minimum(qb * R + R, N_ROWS) - 1
+    vis = kb < N_KB
+    if CAUSAL:
+        vis = vis & (kb * R * STRIDE <= last_row * STRIDE + off)
+    mass = tl.zeros([NKB_P2], tl.float32)
+    base = LSE_RB + pid_bh.to(tl.int64) * N_ROWS * N_KB
+    for r in range(0, R):
+        row = qb * R + r
+        lse_r = tl.load(LSE_R + pid_bh.to(tl.int64) * N_ROWS + row)
+        x = tl.load(base + row.to(tl.int64) * N_KB + kb, mask=vis, other=float("-inf"))
+        mass += tl.math.exp2(x - lse_r)
+    row_id = pid_bh.to(tl.int64) * N_QB + qb
+    if WRITE_MASS:
+        tl.store(MASS + row_id * N_KB + kb, mass, mask=kb < N_KB)
+    q_lo = qb * BLOCK_SIZE + off
+    q_hi = tl.minimum(qb * BLOCK_SIZE + BLOCK_SIZE, T_Q) - 1 + off
+    tok_vis = kb < N_KB
+    if CAUSAL:
+        tok_vis = tok_vis & (kb * BLOCK_SIZE <= q_hi)
+    forced = tok_vis & ((kb == 0) | ((kb * BLOCK_SIZE <= q_hi) & (kb * BLOCK_SIZE + BLOCK_SIZE > q_lo)))
+    m = tl.where(vis, mass, 0.0)
+    need = tau * tl.sum(m, 0) - tl.sum(tl.where(forced, m, 0.0), 0)
+    cand = tl.where(vis & ~forced, m, -1.0)
+    srt = tl.sort(cand, descending=True)
+    pos_mass = tl.maximum(srt, 0.0)
+    excl = tl.cumsum(pos_mass, 0) - pos_mass
+    n_add = tl.sum(((excl < need) & (srt >= 0)).to(tl.int32), 0)
+    cutoff = tl.sum(tl.where(kb == n_add - 1, srt, 0.0), 0)
+    cutoff = tl.where(n_add > 0, cutoff, float("inf"))
+    keep = forced | ((cand >= cutoff) & (cand > 0) & tok_vis)
+    keep_i = keep.to(tl.int32)
+    pos = tl.cumsum(keep_i, 0) - 1
+    tl.store(IDX + row_id * N_KB + pos, kb, mask=keep)
+    tl.store(CNT + row_id, tl.sum(keep_i, 0))
+    if CAUSAL:
+        limit = tl.minimum(q_lo + 1, T_K) // BLOCK_SIZE
+    else:
+        limit = T_K // BLOCK_SIZE
+    tl.store(NFULL + row_id, tl.sum((keep & (kb < limit)).to(tl.int32), 0))
+
+
+def score_config(stride: int, block_size: int) -> dict[str, int]:
+    """Scoring launch config (H100 timings in bench/notes/kernels.md)."""
+    r = block_size // stride
+    return {"block_m": 128, "block_n": max(64, r), "num_warps": 8, "num_stages": 3}
+
+
+def xattn_score_fwd(
+    q: Tensor, k: Tensor, *, stride: int, block_size: int, scale: float, causal: bool,
+    config: dict[str, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Run the scoring kernel. Returns ``(lse_rb (B*H, rows, NKB), lse_r (B*H, rows))`` in log2 units."""
+    b, t_q, h_q, d = q.shape
+    t_k, h_kv = k.shape[1], k.shape[2]
+    r = block_size // stride
+    n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
+    n_rows = n_qb * r
+    cfg = {**score_config(stride, block_size), **(config or {})}
+    block_n = max(cfg["block_n"], r)
+    lse_rb = torch.empty(b * h_q, n_rows, n_kb, dtype=torch.float32, device=q.device)
+    lse_r = torch.empty(b * h_q, n_rows, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(n_rows, cfg["block_m"]), b * h_q)
+    _xattn_score_fwd_kernel[grid](
+        q, k, lse_rb, lse_r, scale / stride * LOG2E,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        t_q, t_k, h_q, h_q // h_kv, n_rows, n_kb,
+        STRIDE=stride, R=r, CAUSAL=causal, BLOCK_M=cfg["block_m"], BLOCK_N=block_n, HEAD_DIM=d,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return lse_rb, lse_r
+
+
+def xattn_select_fwd(
+    lse_rb: Tensor, lse_r: Tensor, *, batch: int, heads: int, t_q: int, t_k: int, stride: int, block_size: int,
+    tau: float, causal: bool, return_mass: bool = False,
+) -> tuple[BlockIndex, Tensor | None]:
+    """Finalize block mass and select blocks. Returns ``(BlockIndex, mass (B, H, NQB, NKB) or None)``."""
+    r = block_size // stride
+    n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
+    dev = lse_rb.device
+    idx = torch.empty(batch, heads, n_qb, n_kb, dtype=torch.int32, device=dev)
+    cnt = torch.empty(batch, heads, n_qb, dtype=torch.int32, device=dev)
+    n_full = torch.empty_like(cnt)
+    mass = torch.empty(batch, heads, n_qb, n_kb, dtype=torch.float32, device=dev) if return_mass else cnt
+    nkb_p2 = triton.next_power_of_2(n_kb)
+    _xattn_select_kernel[(n_qb, batch * heads)](
+        lse_rb, lse_r, mass, idx, cnt, n_full, float(tau), t_q, t_k, n_qb * r, n_kb, n_qb,
+        STRIDE=stride, R=r, BLOCK_SIZE=block_size, CAUSAL=causal, NKB_P2=nkb_p2, WRITE_MASS=return_mass,
+        num_warps=4 if nkb_p2 <= 1024 else 8,
+    )
+    return BlockIndex(idx, cnt, n_full), (mass if return_mass else None)
