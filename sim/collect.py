@@ -208,6 +208,8 @@ class _Collector:
         if self.ds is not None:
             self.ds.finalize()
             self.ds = None
+            with contextlib.suppress(OSError):  # lerobot's per-frame PNG folders, empty once encoded
+                shutil.rmtree(_staging(self.root) / "images")
             write_json_atomic(_staging(self.root) / REPORT_NAME, self.report)
             _promote(self.root)
         else:
