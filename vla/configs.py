@@ -126,3 +126,20 @@ class CotVlaConfig(PolicyConfig):
         )
         kw.update(overrides)
         return cls(**kw)
+
+    def fake_batch(self, batch_size: int = 2, seed: int = 0) -> dict[str, Any]:
+        """A random training batch with every key the policy reads (images in [0, 1])."""
+        import torch
+
+        from vla.constants import ACTION, ACTION_IS_PAD, OBS_STATE, SUBGOAL_IMAGE, TASK
+
+        g = torch.Generator().manual_seed(seed)
+        s = self.image_size
+        batch: dict[str, Any] = {k: torch.rand(batch_size, 3, s, s, generator=g) for k in self.camera_keys}
+        batch[SUBGOAL_IMAGE] = torch.rand(batch_size, 3, s, s, generator=g)
+        batch[OBS_STATE] = torch.randn(batch_size, self.state_dim, generator=g)
+        batch[ACTION] = torch.rand(batch_size, self.chunk_size, self.action_dim, generator=g) * 2 - 1
+        batch[ACTION_IS_PAD] = torch.zeros(batch_size, self.chunk_size, dtype=torch.bool)
+        tasks = ["put the red cube on the plate", "open the top drawer of the cabinet"]
+        batch[TASK] = [tasks[i % 2] for i in range(batch_size)]
+        return batch

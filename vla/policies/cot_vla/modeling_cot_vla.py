@@ -98,19 +98,24 @@ class CotVlaPolicy(Policy):
         self.state_proj = nn.Linear(cfg.state_dim, d)
         self.tokenizer = FSQAutoencoder(cfg.tokenizer)
         self.tokenizer.requires_grad_(False)
-        self.code_embed = nn.Embedding(cfg.tokenizer.codebook_size, d)
-        self.code_head = nn.Linear(d, cfg.tokenizer.codebook_size)
-        self.boi = nn.Parameter(torch.zeros(d))
-        self.eoi = nn.Parameter(torch.zeros(d))
+        if cfg.use_cot:  # the ablation has no subgoal block at all (no unused parameters under DDP)
+            self.code_embed = nn.Embedding(cfg.tokenizer.codebook_size, d)
+            self.code_head = nn.Linear(d, cfg.tokenizer.codebook_size)
+            self.boi = nn.Parameter(torch.zeros(d))
+            self.eoi = nn.Parameter(torch.zeros(d))
         self.action_queries = nn.Parameter(torch.zeros(cfg.chunk_size * cfg.action_dim, d))
         out = cfg.num_bins if cfg.action_head == "discrete" else 1
         self.action_out = nn.Linear(d, out)
         self.backbone = Decoder(cfg.backbone)
-        for m in (self.vis_proj, self.text_proj, self.state_proj, self.code_embed, self.code_head,
-                  self.action_out, self.backbone):
+        for m in (self.vis_proj, self.text_proj, self.state_proj, self.action_out, self.backbone):
             init_weights(m)
-        for p in (self.cam_embed, self.boi, self.eoi, self.action_queries):
+        for p in (self.cam_embed, self.action_queries):
             nn.init.normal_(p, 0.0, 0.02)
+        if cfg.use_cot:
+            init_weights(self.code_embed)
+            init_weights(self.code_head)
+            nn.init.normal_(self.boi, 0.0, 0.02)
+            nn.init.normal_(self.eoi, 0.0, 0.02)
         if cfg.pretrained_backbone:
             hf = load_hf_decoder(cfg.pretrained_backbone, with_lm=False)
             if hf.cfg != cfg.backbone:
