@@ -1,14 +1,91 @@
 """The one attention entry point every model in the stack calls.
 
-Layout is ``[B, T, H, D]`` (STYLE.md §5). Dense attention goes through PyTorch SDPA; the sparse
-prefill kernels (block-sparse, XAttention, streaming heads) plug in behind the same function.
+Layout is ``[B, T, H, D]`` (STYLE.md §5). Dense attention goes through PyTorch SDPA. With a
+:class:`SparsePrefillConfig`, causal prefill at or above ``min_len`` tokens goes to the sparse
+kernels instead (XAttention block selection, streaming heads, block-sparse Triton attention);
+decode steps, short prompts and explicit masks stay dense.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+SPARSE_METHODS = ("dense", "xattention", "streaming")
+
+
+@dataclass
+class SparsePrefillConfig:
+    """How long causal prefills are computed.
+
+    Attributes:
+        method: ``"dense"`` (always SDPA), ``"xattention"`` (antidiagonal block selection, plus
+            streaming heads if any) or ``"streaming"`` (streaming heads, all other heads dense).
+        min_len: prefills shorter than this stay dense.
+        tau: XAttention's kept mass share per query-block row.
+        stride: XAttention's antidiagonal stride (4, 8 or 16).
+        block_size: sparse block size in tokens (64 or 128).
+        streaming_heads: query heads that use sink + local windows (from
+            ``kernels.streaming_heads.profile_streaming_heads``).
+        sink: sink tokens of streaming heads.
+        local: local window of streaming heads, in tokens.
+        impl: ``"auto"``, ``"triton"`` or ``"reference"`` for the sparse kernels.
+    """
+
+    method: str = "dense"
+    min_len: int = 8192
+    tau: float = 0.9
+    stride: int = 8
+    block_size: int = 128
+    streaming_heads: list[int] = field(default_factory=list)
+    sink: int = 128
+    local: int = 4096
+    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in SPARSE_METHODS:
+            raise ValueError(f"SparsePrefillConfig.method must be one of {SPARSE_METHODS}, got {self.method!r}")
+        if self.min_len < 1:
+            raise ValueError(f"SparsePrefillConfig.min_len must be >= 1, got {self.min_len}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"SparsePrefillConfig.tau must be in (0, 1], got {self.tau}")
+        if self.stride not in (1, 2, 4, 8, 16) or self.block_size % self.stride:
+            raise ValueError(f"SparsePrefillConfig.stride must be 1/2/4/8/16 and divide block_size, got {self.stride}")
+        if self.block_size not in (64, 128):
+            raise ValueError(f"SparsePrefillConfig.block_size must be 64 or 128, got {self.block_size}")
+        if self.sink < 0 or self.local < 1:
+            raise ValueError(f"SparsePrefillConfig needs sink >= 0 and local >= 1, got {self.sink}, {self.local}")
+        if self.impl not in ("auto", "triton", "reference"):
+            raise ValueError(f"SparsePrefillConfig.impl must be auto/triton/reference, got {self.impl!r}")
+        if self.method == "streaming" and not self.streaming_heads:
+            raise ValueError("SparsePrefillConfig.method='streaming' needs streaming_heads (run the profiler)")
+
+    def head_type(self, n_heads: int, device: torch.device) -> Tensor | None:
+        """`(n_heads,)` int32 head-type vector, or None when no head streams."""
+        if not self.streaming_heads:
+            return None
+        if max(self.streaming_heads) >= n_heads or min(self.streaming_heads) < 0:
+            raise ValueError(f"streaming_heads {self.streaming_heads} out of range for {n_heads} heads")
+        ht = torch.zeros(n_heads, dtype=torch.int32, device=device)
+        ht[list(self.streaming_heads)] = 1
+        return ht
+
+
+def _sparse_prefill(q: Tensor, k: Tensor, v: Tensor, cfg: SparsePrefillConfig, scale: float | None) -> Tensor:
+    from kernels.block_sparse_attention.op import block_sparse_attn
+    from kernels.xattention.op import xattention_prefill
+
+    head_type = cfg.head_type(q.shape[2], q.device)
+    if cfg.method == "xattention":
+        return xattention_prefill(q, k, v, stride=cfg.stride, tau=cfg.tau, block_size=cfg.block_size, scale=scale,
+                                  causal=True, head_type=head_type, sink=cfg.sink, local=cfg.local, impl=cfg.impl)
+    n_qb, n_kb = -(-q.shape[1] // cfg.block_size), -(-k.shape[1] // cfg.block_size)
+    full = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device).expand(q.shape[0], q.shape[2], n_qb, n_kb)
+    return block_sparse_attn(q, k, v, full, block_size=cfg.block_size, scale=scale, causal=True,
+                             head_type=head_type, sink=cfg.sink, local=cfg.local, impl=cfg.impl)
 
 
 def attention(
@@ -19,6 +96,7 @@ def attention(
     causal: bool = True,
     attn_mask: Tensor | None = None,
     scale: float | None = None,
+    sparse: SparsePrefillConfig | None = None,
 ) -> Tensor:
     """Scaled dot-product attention with GQA, in the stack's ``[B, T, H, D]`` layout.
 
@@ -30,6 +108,8 @@ def attention(
             decoding). Ignored when ``attn_mask`` is given.
         attn_mask: optional boolean `(B or 1, 1 or Hq, Tq, Tk)` mask, True = may attend.
         scale: softmax scale, default ``D ** -0.5``.
+        sparse: optional sparse-prefill policy; used only for causal prefill (``Tq == Tk``) with no
+            ``attn_mask`` and ``Tq >= sparse.min_len``.
 
     Returns:
         `(B, Tq, Hq, D)` output.
@@ -39,14 +119,20 @@ def attention(
     hq, hkv = q.shape[2], k.shape[2]
     if hq % hkv != 0:
         raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    tq, tk = q.shape[1], k.shape[1]
+    if (sparse is not None and sparse.method != "dense" and causal and attn_mask is None and tq == tk
+            and tq >= sparse.min_len):
+        return _sparse_prefill(q, k, v, sparse, scale)
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
     if hkv != hq:
         rep = hq // hkv
         kh = kh.repeat_interleave(rep, dim=1)
         vh = vh.repeat_interleave(rep, dim=1)
-    tq, tk = q.shape[1], k.shape[1]
+    is_causal = False
     if attn_mask is None and causal and tq > 1:
-        # Queries sit at the end of the key sequence (prefill: tq == tk; chunked decode: tq < tk).
-        attn_mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask, scale=scale)
+        if tq == tk:
+            is_causal = True  # lets SDPA take its flash kernel
+        else:  # queries sit at the end of the keys (chunked decode: tq < tk)
+            attn_mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
     return out.transpose(1, 2)  # (B, Tq, Hq, D)

@@ -126,3 +126,28 @@ def structured_qkv(
                     k[b, ks : ks + needle_len, hk] += part
                     needles.append(Needle(b, hq, lo, lo + needle_len, ks, ks + needle_len))
     return q.to(dtype), k.to(dtype), v.to(dtype), needles
+
+
+def needle_blocks(needle: Needle, block_size: int, min_overlap: int = 16) -> tuple[list[int], list[int]]:
+    """Query blocks and key blocks that hold at least ``min_overlap`` tokens of a needle's spans."""
+
+    def blocks(lo: int, hi: int) -> list[int]:
+        out = []
+        for blk in range(lo // block_size, (hi - 1) // block_size + 1):
+            if min(hi, (blk + 1) * block_size) - max(lo, blk * block_size) >= min(min_overlap, hi - lo):
+                out.append(blk)
+        return out
+
+    return blocks(needle.q_start, needle.q_end), blocks(needle.k_start, needle.k_end)
+
+
+def needles_kept(needles: list[Needle], block_mask: Tensor, block_size: int) -> float:
+    """Share of needles whose key blocks are kept for all of their query blocks in a `(B, H, NQB, NKB)` mask."""
+    if not needles:
+        raise ValueError("no needles to check")
+    kept = 0
+    for nd in needles:
+        qbs, kbs = needle_blocks(nd, block_size)
+        sub = block_mask[nd.batch, nd.head][qbs][:, kbs]
+        kept += int(bool(sub.all()))
+    return kept / len(needles)

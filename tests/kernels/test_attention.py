@@ -1,0 +1,70 @@
+"""kernels.attention: dense path, and routing of long causal prefill to the sparse kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import SparsePrefillConfig, attention
+from kernels.block_sparse_attention import block_sparse_attn_ref
+from kernels.testing import assert_close, structured_qkv
+
+
+def _dense(q, k, v):
+    return attention(q, k, v, causal=True)
+
+
+def test_dense_gqa_matches_manual():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 20, 4, 16), torch.randn(2, 20, 2, 16), torch.randn(2, 20, 2, 16)
+    out = attention(q, k, v)
+    kk, vv = k.repeat_interleave(2, 2), v.repeat_interleave(2, 2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, kk) / 4.0
+    s = s.masked_fill(torch.ones(20, 20, dtype=torch.bool).triu(1), float("-inf"))
+    want = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vv)
+    assert_close("dense", want, out, torch.float32)
+    # decode-style chunk: queries aligned to the end of the keys
+    out_tail = attention(q[:, -3:], k, v)
+    assert_close("chunk", want[:, -3:], out_tail, torch.float32)
+
+
+def test_short_prefill_stays_dense():
+    torch.manual_seed(1)
+    q, k, v, _ = structured_qkv(1, 256, 2, 1, 64, seed=1, needle_len=16)
+    cfg = SparsePrefillConfig(method="xattention", min_len=512, tau=0.5, block_size=64, impl="triton")
+    assert torch.equal(attention(q, k, v, sparse=cfg), _dense(q, k, v))
+
+
+def test_long_prefill_routes_to_xattention(device):
+    torch.manual_seed(2)
+    q, k, v, _ = structured_qkv(1, 256, 2, 1, 64, dtype=torch.float16, device=device, seed=2, needle_len=16)
+    cfg = SparsePrefillConfig(method="xattention", min_len=128, tau=1.0, block_size=64, stride=8, impl="triton")
+    out = attention(q, k, v, sparse=cfg)
+    assert_close("xattn-tau1-vs-dense", _dense(q, k, v).float(), out.float(), torch.float16)
+    low = attention(q, k, v, sparse=SparsePrefillConfig(method="xattention", min_len=128, tau=0.3,
+                                                        block_size=64, impl="triton"))
+    assert (low.float() - out.float()).abs().max() > 1e-3, "tau=0.3 should drop some blocks"
+
+
+def test_streaming_method_uses_windows(device):
+    torch.manual_seed(3)
+    q, k, v, _ = structured_qkv(1, 300, 2, 2, 64, dtype=torch.float32, device=device, seed=3, needle_len=16)
+    cfg = SparsePrefillConfig(method="streaming", min_len=64, block_size=64, streaming_heads=[1], sink=16,
+                              local=64, impl="triton")
+    out = attention(q, k, v, sparse=cfg)
+    ones = torch.ones(1, 2, 5, 5, dtype=torch.bool, device=device)
+    ref = block_sparse_attn_ref(q, k, v, ones, block_size=64, causal=True,
+                                head_type=torch.tensor([0, 1], device=device), sink=16, local=64)
+    assert_close("streaming", ref, out, torch.float32)
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    ({"method": "flash"}, "method"),
+    ({"tau": 1.5}, "tau"),
+    ({"stride": 3}, "stride"),
+    ({"block_size": 96}, "block_size"),
+    ({"method": "streaming"}, "streaming_heads"),
+])
+def test_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        SparsePrefillConfig(**kw)

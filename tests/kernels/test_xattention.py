@@ -1,0 +1,100 @@
+"""XAttention: scoring and selection, Triton (interpreter on CPU) vs reference; selection rule; needles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.block_sparse_attention import block_sparse_attn_ref, index_to_mask
+from kernels.block_sparse_attention.index import visible_blocks
+from kernels.testing import assert_close, needles_kept, structured_qkv
+from kernels.xattention import antidiagonal_block_mass_ref, xattention_prefill, xattn_select, xattn_select_ref
+from kernels.xattention.reference import forced_blocks
+
+CASES = [
+    # (B, Tq, Tk, Hq, Hkv, D, block, stride, causal)
+    (2, 300, 300, 2, 1, 64, 64, 4, True),
+    (1, 256, 256, 2, 2, 64, 64, 8, True),
+    (1, 200, 320, 2, 1, 64, 64, 16, True),
+    (1, 250, 250, 2, 1, 64, 128, 8, False),
+    (1, 256, 256, 1, 1, 128, 128, 16, True),
+]
+
+
+def _case_id(c):
+    b, tq, tk, hq, hkv, d, bs, s, causal = c
+    return f"B{b}-Tq{tq}-Tk{tk}-H{hq}x{hkv}-D{d}-bs{bs}-S{s}-{'causal' if causal else 'full'}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_triton_scoring_and_selection_match_reference(case, dtype, device):
+    b, t_q, t_k, h_q, h_kv, d, bs, stride, causal = case
+    torch.manual_seed(0)
+    q, k, _, _ = structured_qkv(b, t_k, h_q, h_kv, d, dtype=dtype, device=device, seed=11, needle_len=16)
+    q = q[:, t_k - t_q :]
+    index, mass = xattn_select(q, k, stride=stride, tau=0.9, block_size=bs, causal=causal, impl="triton",
+                               return_mass=True)
+    ref_mask, ref_mass = xattn_select_ref(q, k, stride=stride, tau=0.9, block_size=bs, causal=causal)
+    assert_close("block-mass", ref_mass, mass, torch.float32)
+    mask = index_to_mask(index, ref_mask.shape[-1])
+    assert (mask != ref_mask).float().mean().item() <= 0.02
+
+
+def test_stride_one_is_exact_attention_mass():
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 150, 2, 32), torch.randn(1, 150, 2, 32)
+    mass = antidiagonal_block_mass_ref(q, k, stride=1, block_size=64, causal=True)
+    s = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) * 32**-0.5
+    s = s.masked_fill(torch.ones(150, 150, dtype=torch.bool).triu(1), float("-inf"))
+    p = torch.nn.functional.pad(torch.softmax(s, -1), (0, 42, 0, 42))
+    exact = p.view(1, 2, 3, 64, 3, 64).sum(dim=(3, 5))
+    assert_close("stride1-mass", exact, mass.double(), torch.float32)
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.9, 0.99])
+def test_selection_rule(tau):
+    torch.manual_seed(2)
+    q, k, _, _ = structured_qkv(1, 512, 2, 1, 64, seed=5, needle_len=16)
+    mask, mass = xattn_select_ref(q, k, stride=8, tau=tau, block_size=64, causal=True)
+    vis = visible_blocks(512, 512, 64, True, "cpu")
+    forced = forced_blocks(512, 512, 64, "cpu") & vis
+    assert bool((mask >= forced).all()), "first and diagonal blocks must be kept"
+    assert not bool((mask & ~vis).any()), "kept a block no query can see"
+    total = (mass * vis).sum(-1)
+    kept = (mass * mask).sum(-1)
+    assert bool((kept >= tau * total - 1e-5).all())
+    # minimal: dropping the smallest non-forced kept block falls below tau (unless nothing was added)
+    extra = torch.where(mask & ~forced, mass, torch.full_like(mass, float("inf")))
+    smallest = extra.min(-1).values
+    added = torch.isfinite(smallest)
+    assert bool((kept[added] - smallest[added] < tau * total[added] + 1e-5).all())
+
+
+def test_keeps_planted_needles(device):
+    torch.manual_seed(3)
+    q, k, _, needles = structured_qkv(2, 1024, 4, 2, 64, dtype=torch.float16, device=device, seed=9,
+                                      needle_len=32, needles_per_head=2)
+    index, _ = xattn_select(q, k, stride=8, tau=0.9, block_size=64, causal=True, impl="triton")
+    mask = index_to_mask(index, 16)
+    assert needles_kept(needles, mask.cpu(), 64) == 1.0
+    assert mask.float().mean().item() < 0.5 * 136 / 256, "selection should be sparse on structured input"
+
+
+def test_prefill_matches_reference_with_same_mask(device):
+    torch.manual_seed(4)
+    q, k, v, _ = structured_qkv(1, 300, 4, 2, 64, dtype=torch.float16, device=device, seed=13, needle_len=16)
+    head_type = torch.tensor([0, 1, 0, 0], dtype=torch.int32, device=device)
+    out = xattention_prefill(q, k, v, stride=8, tau=0.9, block_size=64, head_type=head_type, sink=16, local=64,
+                             impl="triton")
+    mask, _ = xattn_select_ref(q, k, stride=8, tau=0.9, block_size=64)
+    ref = block_sparse_attn_ref(q, k, v, mask, block_size=64, causal=True, head_type=head_type, sink=16, local=64)
+    assert_close("prefill", ref.float(), out.float(), torch.float16)
+
+
+def test_bad_arguments():
+    q = torch.randn(1, 64, 2, 64)
+    with pytest.raises(ValueError, match="multiple of stride"):
+        xattn_select(q, q, stride=3, block_size=64)
+    with pytest.raises(ValueError, match="tau"):
+        xattn_select(q, q, tau=0.0, block_size=64)
