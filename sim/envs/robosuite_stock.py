@@ -95,7 +95,11 @@ class StockEnv(SimEnv):
                 "peg": np.array(env.sim.data.body_xpos[env.peg1_body_id]),
             }
         if name == "door":
+            jid = env.sim.model.joint_name2id(env.door.joints[0])
             return {
+                "latch": np.array(env.sim.data.body_xpos[env.object_body_ids["latch"]]),
+                "hinge_anchor": np.array(env.sim.data.xanchor[jid]),
+                "hinge_axis": np.array(env.sim.data.xaxis[jid]),
                 "handle": np.array(env.sim.data.site_xpos[env.door_handle_site_id]),
                 "hinge_qpos": float(env.sim.data.qpos[env.hinge_qpos_addr]),
                 "door": self.body_pose(env.door.root_body),
