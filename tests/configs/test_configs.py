@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import draccus
-import yaml
 import pytest
+import yaml
 
 from sim.eval_configs import CollectConfig, EvalConfig
 from sim.scripts.demo import DemoConfig
