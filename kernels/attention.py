@@ -47,21 +47,29 @@ class SparsePrefillConfig:
 
     def __post_init__(self) -> None:
         if self.method not in SPARSE_METHODS:
-            raise ValueError(f"SparsePrefillConfig.method must be one of {SPARSE_METHODS}, got {self.method!r}")
+            raise ValueError(
+                f"SparsePrefillConfig.method must be one of {SPARSE_METHODS}, got {self.method!r}"
+            )
         if self.min_len < 1:
             raise ValueError(f"SparsePrefillConfig.min_len must be >= 1, got {self.min_len}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"SparsePrefillConfig.tau must be in (0, 1], got {self.tau}")
         if self.stride not in (1, 2, 4, 8, 16) or self.block_size % self.stride:
-            raise ValueError(f"SparsePrefillConfig.stride must be 1/2/4/8/16 and divide block_size, got {self.stride}")
+            raise ValueError(
+                f"SparsePrefillConfig.stride must be 1/2/4/8/16 and divide block_size, got {self.stride}"
+            )
         if self.block_size not in (64, 128):
             raise ValueError(f"SparsePrefillConfig.block_size must be 64 or 128, got {self.block_size}")
         if self.sink < 0 or self.local < 1:
-            raise ValueError(f"SparsePrefillConfig needs sink >= 0 and local >= 1, got {self.sink}, {self.local}")
+            raise ValueError(
+                f"SparsePrefillConfig needs sink >= 0 and local >= 1, got {self.sink}, {self.local}"
+            )
         if self.impl not in ("auto", "triton", "reference"):
             raise ValueError(f"SparsePrefillConfig.impl must be auto/triton/reference, got {self.impl!r}")
         if self.method == "streaming" and not self.streaming_heads:
-            raise ValueError("SparsePrefillConfig.method='streaming' needs streaming_heads (run the profiler)")
+            raise ValueError(
+                "SparsePrefillConfig.method='streaming' needs streaming_heads (run the profiler)"
+            )
 
     def head_type(self, n_heads: int, device: torch.device) -> Tensor | None:
         """`(n_heads,)` int32 head-type vector, or None when no head streams."""
@@ -80,12 +88,37 @@ def _sparse_prefill(q: Tensor, k: Tensor, v: Tensor, cfg: SparsePrefillConfig, s
 
     head_type = cfg.head_type(q.shape[2], q.device)
     if cfg.method == "xattention":
-        return xattention_prefill(q, k, v, stride=cfg.stride, tau=cfg.tau, block_size=cfg.block_size, scale=scale,
-                                  causal=True, head_type=head_type, sink=cfg.sink, local=cfg.local, impl=cfg.impl)
+        return xattention_prefill(
+            q,
+            k,
+            v,
+            stride=cfg.stride,
+            tau=cfg.tau,
+            block_size=cfg.block_size,
+            scale=scale,
+            causal=True,
+            head_type=head_type,
+            sink=cfg.sink,
+            local=cfg.local,
+            impl=cfg.impl,
+        )
     n_qb, n_kb = -(-q.shape[1] // cfg.block_size), -(-k.shape[1] // cfg.block_size)
-    full = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device).expand(q.shape[0], q.shape[2], n_qb, n_kb)
-    return block_sparse_attn(q, k, v, full, block_size=cfg.block_size, scale=scale, causal=True,
-                             head_type=head_type, sink=cfg.sink, local=cfg.local, impl=cfg.impl)
+    full = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device).expand(
+        q.shape[0], q.shape[2], n_qb, n_kb
+    )
+    return block_sparse_attn(
+        q,
+        k,
+        v,
+        full,
+        block_size=cfg.block_size,
+        scale=scale,
+        causal=True,
+        head_type=head_type,
+        sink=cfg.sink,
+        local=cfg.local,
+        impl=cfg.impl,
+    )
 
 
 def attention(
@@ -120,8 +153,14 @@ def attention(
     if hq % hkv != 0:
         raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
     tq, tk = q.shape[1], k.shape[1]
-    if (sparse is not None and sparse.method != "dense" and causal and attn_mask is None and tq == tk
-            and tq >= sparse.min_len):
+    if (
+        sparse is not None
+        and sparse.method != "dense"
+        and causal
+        and attn_mask is None
+        and tq == tk
+        and tq >= sparse.min_len
+    ):
         return _sparse_prefill(q, k, v, sparse, scale)
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
     if hkv != hq:

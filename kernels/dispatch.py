@@ -40,7 +40,9 @@ def resolve_impl(impl: str, *tensors: torch.Tensor, op: str, unsupported: str | 
         if not triton_importable():
             raise RuntimeError(f"{op}: impl='triton' but triton is not installed; use impl='reference'")
         if not (on_cuda or interpret):
-            raise RuntimeError(f"{op}: impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
+            raise RuntimeError(
+                f"{op}: impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import)"
+            )
         if unsupported is not None:
             raise ValueError(f"{op}: impl='triton' cannot run this call: {unsupported}")
         return "triton"

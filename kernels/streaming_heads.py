@@ -37,7 +37,9 @@ def mass_outside_window(
         `(Hq,)` fp32 mean outside mass in [0, 1].
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[1] != k.shape[1]:
-        raise ValueError(f"expects [B, T, H, D] q and k of one length; got q{tuple(q.shape)} k{tuple(k.shape)}")
+        raise ValueError(
+            f"expects [B, T, H, D] q and k of one length; got q{tuple(q.shape)} k{tuple(k.shape)}"
+        )
     if sink < 0 or local < 1:
         raise ValueError(f"need sink >= 0 and local >= 1, got sink={sink}, local={local}")
     b, t, h_q, d = q.shape

@@ -93,7 +93,9 @@ def structured_qkv(
         raise ValueError(f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
     g = torch.Generator(device="cpu").manual_seed(seed)
     group = q_heads // kv_heads
-    root = math.sqrt(math.sqrt(head_dim))  # q.k / sqrt(D) = logit when |q_part| = |k_part| = root * sqrt(logit)
+    root = math.sqrt(
+        math.sqrt(head_dim)
+    )  # q.k / sqrt(D) = logit when |q_part| = |k_part| = root * sqrt(logit)
     gd = torch.Generator(device=device).manual_seed(seed)
     q = torch.randn(batch, seq_len, q_heads, head_dim, generator=gd, device=device) * (noise / root)
     k = torch.randn(batch, seq_len, kv_heads, head_dim, generator=gd, device=device) * (noise / root)
@@ -101,7 +103,9 @@ def structured_qkv(
     pos = torch.arange(seq_len, dtype=torch.float64, device=device)
     n_freq = max(1, min(8, head_dim // 8))
     freqs = torch.linspace(0.3, 1.0, n_freq, dtype=torch.float64, device=device) / local_width
-    code = torch.cat([torch.cos(pos[:, None] * freqs), torch.sin(pos[:, None] * freqs)], dim=1) / math.sqrt(n_freq)
+    code = torch.cat([torch.cos(pos[:, None] * freqs), torch.sin(pos[:, None] * freqs)], dim=1) / math.sqrt(
+        n_freq
+    )
     needles: list[Needle] = []
     for hk in range(kv_heads):
         basis, _ = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=g, dtype=torch.float64))
@@ -119,8 +123,14 @@ def structured_qkv(
                 for n in range(needles_per_head):
                     direction = basis[:, 2 * n_freq + 1 + (n + hq) % (head_dim - 2 * n_freq - 1)].float()
                     lo = seq_len // 2 + int(torch.randint(0, seq_len // 2 - needle_len, (1,), generator=g))
-                    ks = int(torch.randint(sink_tokens + needle_len, max(sink_tokens + needle_len + 1, lo // 2),
-                                           (1,), generator=g))
+                    ks = int(
+                        torch.randint(
+                            sink_tokens + needle_len,
+                            max(sink_tokens + needle_len + 1, lo // 2),
+                            (1,),
+                            generator=g,
+                        )
+                    )
                     part = direction * root * math.sqrt(needle_logit)
                     q[b, lo : lo + needle_len, hq] += part
                     k[b, ks : ks + needle_len, hk] += part

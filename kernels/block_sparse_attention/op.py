@@ -23,8 +23,10 @@ except ImportError:  # triton missing: reference only
 
 def _check(q: Tensor, k: Tensor, v: Tensor, block_size: int, head_type: Tensor | None, causal: bool) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"block_sparse_attn expects [B, T, H, D]; got q{tuple(q.shape)} k{tuple(k.shape)} "
-                         f"v{tuple(v.shape)}")
+        raise ValueError(
+            f"block_sparse_attn expects [B, T, H, D]; got q{tuple(q.shape)} k{tuple(k.shape)} "
+            f"v{tuple(v.shape)}"
+        )
     if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"shape mismatch: q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
     if q.shape[2] % k.shape[2]:
@@ -60,16 +62,27 @@ class BlockSparseAttnFunction(torch.autograd.Function):
     """Triton forward; the backward recomputes through the fp32 reference (no Triton backward yet)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, index, block_mask, block_size, scale, causal, head_type, sink, local, config):
-        out = block_sparse_attn_fwd(q, k, v, index, block_size=block_size, scale=scale, causal=causal,
-                                    head_type=head_type, sink=sink, local=local, config=config)
+    def forward(ctx, q, k, v, index, block_mask, block_size, scale, causal, head_type, sink, local, config):  # noqa: D102
+        out = block_sparse_attn_fwd(
+            q,
+            k,
+            v,
+            index,
+            block_size=block_size,
+            scale=scale,
+            causal=causal,
+            head_type=head_type,
+            sink=sink,
+            local=local,
+            config=config,
+        )
         ctx.save_for_backward(q, k, v)
         ctx.index, ctx.block_mask = index, block_mask
         ctx.args = (block_size, scale, causal, head_type, sink, local)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out):  # noqa: D102
         q, k, v = ctx.saved_tensors
         block_size, scale, causal, head_type, sink, local = ctx.args
         block_mask = ctx.block_mask
@@ -77,8 +90,16 @@ class BlockSparseAttnFunction(torch.autograd.Function):
             block_mask = index_to_mask(ctx.index, -(-k.shape[1] // block_size))
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_(x.requires_grad) for x in (q, k, v)]
-            out = block_sparse_attn_ref(*leaves, block_mask, block_size=block_size, scale=scale, causal=causal,
-                                        head_type=head_type, sink=sink, local=local)
+            out = block_sparse_attn_ref(
+                *leaves,
+                block_mask,
+                block_size=block_size,
+                scale=scale,
+                causal=causal,
+                head_type=head_type,
+                sink=sink,
+                local=local,
+            )
             wanted = [x for x in leaves if x.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad_out))
         dq, dk, dv = (next(grads) if x.requires_grad else None for x in leaves)
@@ -104,14 +125,17 @@ def block_sparse_attn(
     """Block-sparse attention in ``[B, T, H, D]`` (see ``README.md`` for the maths and limits).
 
     Args:
-        q: `(B, Tq, Hq, D)`; k, v: `(B, Tk, Hkv, D)` with ``Hq % Hkv == 0``.
+        q: `(B, Tq, Hq, D)` queries.
+        k: `(B, Tk, Hkv, D)` keys, ``Hq % Hkv == 0``.
+        v: `(B, Tk, Hkv, D)` values.
         block_mask: `(B, Hq, ceil(Tq/block_size), ceil(Tk/block_size))` bool; give this or ``block_index``.
         block_index: the same selection already compacted (e.g. from XAttention's selection kernel).
         block_size: square block size in tokens (Triton: 64 or 128).
         scale: softmax scale, default ``D ** -0.5``.
         causal: causal rule with queries aligned to the end of the keys.
         head_type: optional `(Hq,)` int: 0 = use the block mask, 1 = streaming head (sink + local).
-        sink: sink tokens of streaming heads. local: local window of streaming heads (tokens).
+        sink: sink tokens of streaming heads.
+        local: local window of streaming heads (tokens).
         impl: ``"auto"``, ``"triton"`` (errors if it cannot run) or ``"reference"``.
         config: optional launch override ``{"block_n", "num_warps", "num_stages"}`` (benchmarks).
 
@@ -125,20 +149,34 @@ def block_sparse_attn(
     if block_mask is None and block_index is None:
         raise ValueError("give block_mask or block_index")
     if block_mask is not None and block_mask.shape != (b, h_q, n_qb, n_kb):
-        raise ValueError(f"block_mask must be (B, Hq, NQB, NKB) = {(b, h_q, n_qb, n_kb)}, got "
-                         f"{tuple(block_mask.shape)}")
+        raise ValueError(
+            f"block_mask must be (B, Hq, NQB, NKB) = {(b, h_q, n_qb, n_kb)}, got {tuple(block_mask.shape)}"
+        )
     if block_mask is not None and block_mask.dtype != torch.bool:
         raise ValueError(f"block_mask must be bool, got {block_mask.dtype}")
     scale = d**-0.5 if scale is None else float(scale)
-    which = resolve_impl(impl, q, k, v, op="block_sparse_attn", unsupported=_triton_unsupported(q, block_size))
+    which = resolve_impl(
+        impl, q, k, v, op="block_sparse_attn", unsupported=_triton_unsupported(q, block_size)
+    )
     if which == "reference":
         if block_mask is None:
             block_mask = index_to_mask(block_index, n_kb)
-        return block_sparse_attn_ref(q, k, v, block_mask, block_size=block_size, scale=scale, causal=causal,
-                                     head_type=head_type, sink=sink, local=local)
+        return block_sparse_attn_ref(
+            q,
+            k,
+            v,
+            block_mask,
+            block_size=block_size,
+            scale=scale,
+            causal=causal,
+            head_type=head_type,
+            sink=sink,
+            local=local,
+        )
     if block_index is None:
         block_index = mask_to_index(block_mask, t_q, t_k, block_size, causal=causal)
     k = k if k.stride(-1) == 1 else k.contiguous()
     v = v if v.stride(-1) == 1 else v.contiguous()
-    return BlockSparseAttnFunction.apply(q, k, v, block_index, block_mask, block_size, scale, causal, head_type,
-                                         sink, local, config)
+    return BlockSparseAttnFunction.apply(
+        q, k, v, block_index, block_mask, block_size, scale, causal, head_type, sink, local, config
+    )

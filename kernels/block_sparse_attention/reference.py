@@ -76,10 +76,12 @@ def block_sparse_attn_ref(
     Returns:
         `(B, Tq, Hq, D)` output in ``q``'s dtype.
     """
-    b, t_q, h_q, d = q.shape
+    _, t_q, h_q, d = q.shape
     t_k, h_kv = k.shape[1], k.shape[2]
     scale = d**-0.5 if scale is None else scale
-    mask = token_mask(block_mask, t_q, t_k, block_size, causal=causal, head_type=head_type, sink=sink, local=local)
+    mask = token_mask(
+        block_mask, t_q, t_k, block_size, causal=causal, head_type=head_type, sink=sink, local=local
+    )
     qf, kf, vf = (x.float().transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
     kf = kf.repeat_interleave(h_q // h_kv, dim=1)
     vf = vf.repeat_interleave(h_q // h_kv, dim=1)

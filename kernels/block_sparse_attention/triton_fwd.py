@@ -1,3 +1,4 @@
+# ruff: noqa: N803, E741  (Triton convention: pointer and constexpr arguments are UPPER_CASE)
 """Triton forward kernel for block-sparse attention over a compacted per-row block index list.
 
 Each program owns one query block of one (batch, head). It walks only the key blocks listed for
@@ -20,10 +21,34 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attn_inner(acc, l_i, m_i, q, k_base, v_base, idx_base, it_lo, it_hi, stream, n_sink, first_local,
-                q_pos, offs_n, offs_d, qk_scale, stride_kt, stride_vt, T_K, SINK, LOCAL,
-                BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_STREAM: tl.constexpr, MASKED: tl.constexpr):
+def _attn_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    idx_base,
+    it_lo,
+    it_hi,
+    stream,
+    n_sink,
+    first_local,
+    q_pos,
+    offs_n,
+    offs_d,
+    qk_scale,
+    stride_kt,
+    stride_vt,
+    T_K,
+    SINK,
+    LOCAL,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_STREAM: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
     for it in range(it_lo, it_hi):
         if HAS_STREAM:
@@ -34,8 +59,12 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, idx_base, it_lo, it_hi, stream
         for sub in tl.static_range(SUB):
             cols = kb * BLOCK_SIZE + sub * BLOCK_N + offs_n
             if MASKED:
-                k = tl.load(k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=cols[None, :] < T_K, other=0.0)
-                v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=cols[:, None] < T_K, other=0.0)
+                k = tl.load(
+                    k_base + cols[None, :] * stride_kt + offs_d[:, None], mask=cols[None, :] < T_K, other=0.0
+                )
+                v = tl.load(
+                    v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=cols[:, None] < T_K, other=0.0
+                )
             else:
                 k = tl.load(k_base + cols[None, :] * stride_kt + offs_d[:, None])
                 v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :])
@@ -65,12 +94,43 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, idx_base, it_lo, it_hi, stream
 
 @triton.jit
 def _block_sparse_attn_fwd_kernel(
-    Q, K, V, O, KV_IDX, KV_CNT, KV_FULL, HEAD_TYPE, qk_scale,
-    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
-    stride_ib, stride_ih, stride_im, stride_cb, stride_ch,
-    T_Q, T_K, N_HEADS, GROUP, N_QB, SINK, LOCAL,
-    CAUSAL: tl.constexpr, HAS_STREAM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    KV_IDX,
+    KV_CNT,
+    KV_FULL,
+    HEAD_TYPE,
+    qk_scale,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_ob,
+    stride_ot,
+    stride_oh,
+    stride_ib,
+    stride_ih,
+    stride_im,
+    stride_cb,
+    stride_ch,
+    T_Q,
+    T_K,
+    N_HEADS,
+    GROUP,
+    N_QB,
+    SINK,
+    LOCAL,
+    CAUSAL: tl.constexpr,
+    HAS_STREAM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
     pid_m = N_QB - 1 - tl.program_id(0)  # longest causal rows first
@@ -82,8 +142,11 @@ def _block_sparse_attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     b64 = b.to(tl.int64)
-    q = tl.load(Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=offs_m[:, None] < T_Q, other=0.0)
+    q = tl.load(
+        Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+        mask=offs_m[:, None] < T_Q,
+        other=0.0,
+    )
     k_base = K + b64 * stride_kb + hk * stride_kh
     v_base = V + b64 * stride_vb + hk * stride_vh
     q_pos = offs_m + (T_K - T_Q)
@@ -109,16 +172,69 @@ def _block_sparse_attn_fwd_kernel(
     m_i = tl.full([BLOCK_SIZE], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_SIZE], tl.float32)
     acc = tl.zeros([BLOCK_SIZE, HEAD_DIM], tl.float32)
-    acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, idx_base, 0, n_full, stream, n_sink,
-                                first_local, q_pos, offs_n, offs_d, qk_scale, stride_kt, stride_vt, T_K,
-                                SINK, LOCAL, BLOCK_SIZE, BLOCK_N, CAUSAL, HAS_STREAM, False)
-    acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, idx_base, n_full, count, stream, n_sink,
-                                first_local, q_pos, offs_n, offs_d, qk_scale, stride_kt, stride_vt, T_K,
-                                SINK, LOCAL, BLOCK_SIZE, BLOCK_N, CAUSAL, HAS_STREAM, True)
+    acc, l_i, m_i = _attn_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        idx_base,
+        0,
+        n_full,
+        stream,
+        n_sink,
+        first_local,
+        q_pos,
+        offs_n,
+        offs_d,
+        qk_scale,
+        stride_kt,
+        stride_vt,
+        T_K,
+        SINK,
+        LOCAL,
+        BLOCK_SIZE,
+        BLOCK_N,
+        CAUSAL,
+        HAS_STREAM,
+        False,
+    )
+    acc, l_i, m_i = _attn_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        idx_base,
+        n_full,
+        count,
+        stream,
+        n_sink,
+        first_local,
+        q_pos,
+        offs_n,
+        offs_d,
+        qk_scale,
+        stride_kt,
+        stride_vt,
+        T_K,
+        SINK,
+        LOCAL,
+        BLOCK_SIZE,
+        BLOCK_N,
+        CAUSAL,
+        HAS_STREAM,
+        True,
+    )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    tl.store(O + b64 * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=offs_m[:, None] < T_Q)
+    tl.store(
+        O + b64 * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=offs_m[:, None] < T_Q,
+    )
 
 
 def default_config(block_size: int, head_dim: int, dtype: torch.dtype) -> dict[str, int]:
@@ -156,12 +272,45 @@ def block_sparse_attn_fwd(
     idx = index.idx
     grid = (n_qb, b * h_q)
     _block_sparse_attn_fwd_kernel[grid](
-        q, k, v, o, idx, index.cnt, index.n_full, ht, scale * LOG2E,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        idx.stride(0), idx.stride(1), idx.stride(2), index.cnt.stride(0), index.cnt.stride(1),
-        t_q, t_k, h_q, h_q // h_kv, n_qb, sink, local,
-        CAUSAL=causal, HAS_STREAM=has_stream, BLOCK_SIZE=block_size, BLOCK_N=block_n, HEAD_DIM=d,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        q,
+        k,
+        v,
+        o,
+        idx,
+        index.cnt,
+        index.n_full,
+        ht,
+        scale * LOG2E,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        o.stride(0),
+        o.stride(1),
+        o.stride(2),
+        idx.stride(0),
+        idx.stride(1),
+        idx.stride(2),
+        index.cnt.stride(0),
+        index.cnt.stride(1),
+        t_q,
+        t_k,
+        h_q,
+        h_q // h_kv,
+        n_qb,
+        sink,
+        local,
+        CAUSAL=causal,
+        HAS_STREAM=has_stream,
+        BLOCK_SIZE=block_size,
+        BLOCK_N=block_n,
+        HEAD_DIM=d,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return o

@@ -64,7 +64,9 @@ def xattn_select(
         ``(BlockIndex, mass or None)``: ascending kept-block lists for :func:`block_sparse_attn`.
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"xattn_select expects [B, T, H, D] q and k; got q{tuple(q.shape)} k{tuple(k.shape)}")
+        raise ValueError(
+            f"xattn_select expects [B, T, H, D] q and k; got q{tuple(q.shape)} k{tuple(k.shape)}"
+        )
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key heads ({k.shape[2]})")
     if block_size % stride:
@@ -78,15 +80,28 @@ def xattn_select(
     b, t_q, h_q, _ = q.shape
     t_k = k.shape[1]
     if which == "reference":
-        mask, mass = xattn_select_ref(q, k, stride=stride, tau=tau, block_size=block_size, scale=scale,
-                                      causal=causal)
+        mask, mass = xattn_select_ref(
+            q, k, stride=stride, tau=tau, block_size=block_size, scale=scale, causal=causal
+        )
         return mask_to_index(mask, t_q, t_k, block_size, causal=causal), (mass if return_mass else None)
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
-    lse_rb, lse_r = xattn_score_fwd(q, k, stride=stride, block_size=block_size, scale=scale, causal=causal,
-                                    config=config)
-    return xattn_select_fwd(lse_rb, lse_r, batch=b, heads=h_q, t_q=t_q, t_k=t_k, stride=stride,
-                            block_size=block_size, tau=tau, causal=causal, return_mass=return_mass)
+    lse_rb, lse_r = xattn_score_fwd(
+        q, k, stride=stride, block_size=block_size, scale=scale, causal=causal, config=config
+    )
+    return xattn_select_fwd(
+        lse_rb,
+        lse_r,
+        batch=b,
+        heads=h_q,
+        t_q=t_q,
+        t_k=t_k,
+        stride=stride,
+        block_size=block_size,
+        tau=tau,
+        causal=causal,
+        return_mass=return_mass,
+    )
 
 
 def xattention_prefill(
@@ -116,7 +131,19 @@ def xattention_prefill(
     Returns:
         `(B, Tq, Hq, D)`.
     """
-    index, _ = xattn_select(q, k, stride=stride, tau=tau, block_size=block_size, scale=scale, causal=causal,
-                            impl=impl)
-    return block_sparse_attn(q, k, v, block_index=index, block_size=block_size, scale=scale, causal=causal,
-                             head_type=head_type, sink=sink, local=local, impl=impl)
+    index, _ = xattn_select(
+        q, k, stride=stride, tau=tau, block_size=block_size, scale=scale, causal=causal, impl=impl
+    )
+    return block_sparse_attn(
+        q,
+        k,
+        v,
+        block_index=index,
+        block_size=block_size,
+        scale=scale,
+        causal=causal,
+        head_type=head_type,
+        sink=sink,
+        local=local,
+        impl=impl,
+    )

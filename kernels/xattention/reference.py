@@ -21,7 +21,13 @@ def _pad_to(x: Tensor, length: int) -> Tensor:
 
 
 def antidiagonal_block_mass_ref(
-    q: Tensor, k: Tensor, *, stride: int, block_size: int = 128, scale: float | None = None, causal: bool = True
+    q: Tensor,
+    k: Tensor,
+    *,
+    stride: int,
+    block_size: int = 128,
+    scale: float | None = None,
+    causal: bool = True,
 ) -> Tensor:
     """Block mass from antidiagonal scoring.
 
@@ -45,7 +51,9 @@ def antidiagonal_block_mass_ref(
     r = block_size // stride
     qp = _pad_to(q.float(), n_qb * block_size).transpose(1, 2)  # (B, H, Tq_pad, D)
     kp = _pad_to(k.float(), n_kb * block_size).transpose(1, 2).repeat_interleave(h_q // h_kv, dim=1)
-    qr = torch.cat([qp[:, :, stride - 1 - s :: stride] for s in range(stride)], dim=-1)  # (B, H, Tq_pad/S, S*D)
+    qr = torch.cat(
+        [qp[:, :, stride - 1 - s :: stride] for s in range(stride)], dim=-1
+    )  # (B, H, Tq_pad/S, S*D)
     kr = torch.cat([kp[:, :, s::stride] for s in range(stride)], dim=-1)
     scores = (qr @ kr.transpose(-1, -2)) * (scale / stride)
     rows = torch.arange(qr.shape[2], device=q.device)
@@ -70,7 +78,9 @@ def forced_blocks(t_q: int, t_k: int, block_size: int, device: torch.device | st
     return diag | (kb == 0)
 
 
-def select_blocks_ref(mass: Tensor, tau: float, *, t_q: int, t_k: int, block_size: int, causal: bool) -> Tensor:
+def select_blocks_ref(
+    mass: Tensor, tau: float, *, t_q: int, t_k: int, block_size: int, causal: bool
+) -> Tensor:
     """Threshold selection (XAttention ``find_blocks_chunked``) on `(B, H, NQB, NKB)` block mass.
 
     Per query-block row: keep the first and diagonal blocks, then add the remaining visible blocks
@@ -99,7 +109,13 @@ def select_blocks_ref(mass: Tensor, tau: float, *, t_q: int, t_k: int, block_siz
 
 
 def xattn_select_ref(
-    q: Tensor, k: Tensor, *, stride: int, tau: float, block_size: int = 128, scale: float | None = None,
+    q: Tensor,
+    k: Tensor,
+    *,
+    stride: int,
+    tau: float,
+    block_size: int = 128,
+    scale: float | None = None,
     causal: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Antidiagonal scoring then threshold selection. Returns ``(block_mask, block_mass)``."""

@@ -1,5 +1,8 @@
-"""Triton XAttention: fused antidiagonal scoring (strided reshape + GEMM + online softmax + block sums)
-and a fused finalize + threshold-selection kernel that writes the compacted block index list.
+# ruff: noqa: N803  (Triton convention: pointer and constexpr arguments are UPPER_CASE)
+"""Triton XAttention: fused antidiagonal scoring and fused finalize + threshold selection.
+
+Scoring fuses the strided reshape, GEMM, online softmax and block sums; selection writes the
+compacted block index list.
 
 Scoring is one pass: each program owns ``BLOCK_M`` reshaped query rows of one (batch, head) and
 walks the reshaped key columns up to its causal limit. The strided reshape is folded into the
@@ -23,11 +26,29 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _xattn_score_fwd_kernel(
-    Q, K, LSE_RB, LSE_R, qk_scale,
-    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
-    T_Q, T_K, N_HEADS, GROUP, N_ROWS, N_KB,
-    STRIDE: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    Q,
+    K,
+    LSE_RB,
+    LSE_R,
+    qk_scale,
+    stride_qb,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    T_Q,
+    T_K,
+    N_HEADS,
+    GROUP,
+    N_ROWS,
+    N_KB,
+    STRIDE: tl.constexpr,
+    R: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -56,8 +77,12 @@ def _xattn_score_fwd_kernel(
         for s in tl.static_range(STRIDE):
             tq = rows * STRIDE + (STRIDE - 1 - s)
             tk = cols * STRIDE + s
-            qs = tl.load(q_base + tq[:, None] * stride_qt + offs_d[None, :], mask=tq[:, None] < T_Q, other=0.0)
-            ks = tl.load(k_base + tk[None, :] * stride_kt + offs_d[:, None], mask=tk[None, :] < T_K, other=0.0)
+            qs = tl.load(
+                q_base + tq[:, None] * stride_qt + offs_d[None, :], mask=tq[:, None] < T_Q, other=0.0
+            )
+            ks = tl.load(
+                k_base + tk[None, :] * stride_kt + offs_d[:, None], mask=tk[None, :] < T_K, other=0.0
+            )
             acc = tl.dot(qs, ks, acc)
         keep = cols[None, :] * STRIDE < T_K
         if CAUSAL:
@@ -79,10 +104,24 @@ def _xattn_score_fwd_kernel(
 
 @triton.jit
 def _xattn_select_kernel(
-    LSE_RB, LSE_R, MASS, IDX, CNT, NFULL, tau,
-    T_Q, T_K, N_ROWS, N_KB, N_QB,
-    STRIDE: tl.constexpr, R: tl.constexpr, BLOCK_SIZE: tl.constexpr, CAUSAL: tl.constexpr,
-    NKB_P2: tl.constexpr, WRITE_MASS: tl.constexpr,
+    LSE_RB,
+    LSE_R,
+    MASS,
+    IDX,
+    CNT,
+    NFULL,
+    tau,
+    T_Q,
+    T_K,
+    N_ROWS,
+    N_KB,
+    N_QB,
+    STRIDE: tl.constexpr,
+    R: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    NKB_P2: tl.constexpr,
+    WRITE_MASS: tl.constexpr,
 ):
     qb = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -136,10 +175,20 @@ def score_config(stride: int, block_size: int) -> dict[str, int]:
 
 
 def xattn_score_fwd(
-    q: Tensor, k: Tensor, *, stride: int, block_size: int, scale: float, causal: bool,
+    q: Tensor,
+    k: Tensor,
+    *,
+    stride: int,
+    block_size: int,
+    scale: float,
+    causal: bool,
     config: dict[str, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run the scoring kernel. Returns ``(lse_rb (B*H, rows, NKB), lse_r (B*H, rows))`` in log2 units."""
+    """Run the scoring kernel (``config={"fp8": 1}`` scores in float8 e4m3).
+
+    Returns:
+        ``(lse_rb (B*H, rows, NKB), lse_r (B*H, rows))`` in log2 units.
+    """
     b, t_q, h_q, d = q.shape
     t_k, h_kv = k.shape[1], k.shape[2]
     r = block_size // stride
@@ -147,22 +196,55 @@ def xattn_score_fwd(
     n_rows = n_qb * r
     cfg = {**score_config(stride, block_size), **(config or {})}
     block_n = max(cfg["block_n"], r)
+    if cfg.get("fp8"):  # score in fp8 (e4m3): twice the tensor-core rate on Hopper, ample for ranking blocks
+        q = q.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+        k = k.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
     lse_rb = torch.empty(b * h_q, n_rows, n_kb, dtype=torch.float32, device=q.device)
     lse_r = torch.empty(b * h_q, n_rows, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(n_rows, cfg["block_m"]), b * h_q)
     _xattn_score_fwd_kernel[grid](
-        q, k, lse_rb, lse_r, scale / stride * LOG2E,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        t_q, t_k, h_q, h_q // h_kv, n_rows, n_kb,
-        STRIDE=stride, R=r, CAUSAL=causal, BLOCK_M=cfg["block_m"], BLOCK_N=block_n, HEAD_DIM=d,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        q,
+        k,
+        lse_rb,
+        lse_r,
+        scale / stride * LOG2E,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        t_q,
+        t_k,
+        h_q,
+        h_q // h_kv,
+        n_rows,
+        n_kb,
+        STRIDE=stride,
+        R=r,
+        CAUSAL=causal,
+        BLOCK_M=cfg["block_m"],
+        BLOCK_N=block_n,
+        HEAD_DIM=d,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return lse_rb, lse_r
 
 
 def xattn_select_fwd(
-    lse_rb: Tensor, lse_r: Tensor, *, batch: int, heads: int, t_q: int, t_k: int, stride: int, block_size: int,
-    tau: float, causal: bool, return_mass: bool = False,
+    lse_rb: Tensor,
+    lse_r: Tensor,
+    *,
+    batch: int,
+    heads: int,
+    t_q: int,
+    t_k: int,
+    stride: int,
+    block_size: int,
+    tau: float,
+    causal: bool,
+    return_mass: bool = False,
 ) -> tuple[BlockIndex, Tensor | None]:
     """Finalize block mass and select blocks. Returns ``(BlockIndex, mass (B, H, NQB, NKB) or None)``."""
     r = block_size // stride
@@ -174,8 +256,24 @@ def xattn_select_fwd(
     mass = torch.empty(batch, heads, n_qb, n_kb, dtype=torch.float32, device=dev) if return_mass else cnt
     nkb_p2 = triton.next_power_of_2(n_kb)
     _xattn_select_kernel[(n_qb, batch * heads)](
-        lse_rb, lse_r, mass, idx, cnt, n_full, float(tau), t_q, t_k, n_qb * r, n_kb, n_qb,
-        STRIDE=stride, R=r, BLOCK_SIZE=block_size, CAUSAL=causal, NKB_P2=nkb_p2, WRITE_MASS=return_mass,
+        lse_rb,
+        lse_r,
+        mass,
+        idx,
+        cnt,
+        n_full,
+        float(tau),
+        t_q,
+        t_k,
+        n_qb * r,
+        n_kb,
+        n_qb,
+        STRIDE=stride,
+        R=r,
+        BLOCK_SIZE=block_size,
+        CAUSAL=causal,
+        NKB_P2=nkb_p2,
+        WRITE_MASS=return_mass,
         num_warps=4 if nkb_p2 <= 1024 else 8,
     )
     return BlockIndex(idx, cnt, n_full), (mass if return_mass else None)

@@ -7,7 +7,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when kernels are decorated, i.e. at first import
 
-import pytest  # noqa: E402
+import pytest
 
 
 def _poisoned(fn):

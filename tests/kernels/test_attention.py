@@ -38,33 +38,52 @@ def test_short_prefill_stays_dense():
 def test_long_prefill_routes_to_xattention(device):
     torch.manual_seed(2)
     q, k, v, _ = structured_qkv(1, 256, 2, 1, 64, dtype=torch.float16, device=device, seed=2, needle_len=16)
-    cfg = SparsePrefillConfig(method="xattention", min_len=128, tau=1.0, block_size=64, stride=8, impl="triton")
+    cfg = SparsePrefillConfig(
+        method="xattention", min_len=128, tau=1.0, block_size=64, stride=8, impl="triton"
+    )
     out = attention(q, k, v, sparse=cfg)
     assert_close("xattn-tau1-vs-dense", _dense(q, k, v).float(), out.float(), torch.float16)
-    low = attention(q, k, v, sparse=SparsePrefillConfig(method="xattention", min_len=128, tau=0.3,
-                                                        block_size=64, impl="triton"))
+    low = attention(
+        q,
+        k,
+        v,
+        sparse=SparsePrefillConfig(method="xattention", min_len=128, tau=0.3, block_size=64, impl="triton"),
+    )
     assert (low.float() - out.float()).abs().max() > 1e-3, "tau=0.3 should drop some blocks"
 
 
 def test_streaming_method_uses_windows(device):
     torch.manual_seed(3)
     q, k, v, _ = structured_qkv(1, 300, 2, 2, 64, dtype=torch.float32, device=device, seed=3, needle_len=16)
-    cfg = SparsePrefillConfig(method="streaming", min_len=64, block_size=64, streaming_heads=[1], sink=16,
-                              local=64, impl="triton")
+    cfg = SparsePrefillConfig(
+        method="streaming", min_len=64, block_size=64, streaming_heads=[1], sink=16, local=64, impl="triton"
+    )
     out = attention(q, k, v, sparse=cfg)
     ones = torch.ones(1, 2, 5, 5, dtype=torch.bool, device=device)
-    ref = block_sparse_attn_ref(q, k, v, ones, block_size=64, causal=True,
-                                head_type=torch.tensor([0, 1], device=device), sink=16, local=64)
+    ref = block_sparse_attn_ref(
+        q,
+        k,
+        v,
+        ones,
+        block_size=64,
+        causal=True,
+        head_type=torch.tensor([0, 1], device=device),
+        sink=16,
+        local=64,
+    )
     assert_close("streaming", ref, out, torch.float32)
 
 
-@pytest.mark.parametrize(("kw", "msg"), [
-    ({"method": "flash"}, "method"),
-    ({"tau": 1.5}, "tau"),
-    ({"stride": 3}, "stride"),
-    ({"block_size": 96}, "block_size"),
-    ({"method": "streaming"}, "streaming_heads"),
-])
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"method": "flash"}, "method"),
+        ({"tau": 1.5}, "tau"),
+        ({"stride": 3}, "stride"),
+        ({"block_size": 96}, "block_size"),
+        ({"method": "streaming"}, "streaming_heads"),
+    ],
+)
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SparsePrefillConfig(**kw)

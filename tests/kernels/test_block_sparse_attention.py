@@ -26,8 +26,11 @@ def _sdpa64(q, k, v, causal):
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
-@pytest.mark.parametrize(("t_q", "t_k", "bs"), [(63, 63, 64), (130, 200, 64), (1, 77, 128)],
-                         ids=["T63-bs64", "Tq130-Tk200-bs64", "Tq1-Tk77-bs128"])
+@pytest.mark.parametrize(
+    ("t_q", "t_k", "bs"),
+    [(63, 63, 64), (130, 200, 64), (1, 77, 128)],
+    ids=["T63-bs64", "Tq130-Tk200-bs64", "Tq1-Tk77-bs128"],
+)
 def test_reference_all_ones_equals_sdpa(t_q, t_k, bs, causal):
     torch.manual_seed(0)
     q = torch.randn(2, t_q, 4, 32)
@@ -58,8 +61,18 @@ def _case_id(c):
 def test_triton_matches_reference(case, dtype, device):
     b, t_q, t_k, h_q, h_kv, d, bs, causal, stream = case
     torch.manual_seed(1)
-    q, k, v, _ = structured_qkv(b, t_k, h_q, h_kv, d, dtype=dtype, device=device, seed=7, needle_len=16,
-                                needles_per_head=int(t_k >= 64))
+    q, k, v, _ = structured_qkv(
+        b,
+        t_k,
+        h_q,
+        h_kv,
+        d,
+        dtype=dtype,
+        device=device,
+        seed=7,
+        needle_len=16,
+        needles_per_head=int(t_k >= 64),
+    )
     q = q[:, t_k - t_q :]
     mask = torch.rand(b, h_q, -(-t_q // bs), -(-t_k // bs), device=device) < 0.5
     mask[..., 0] = True

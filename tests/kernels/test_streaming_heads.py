@@ -27,8 +27,18 @@ def test_profiler_picks_planted_streaming_heads():
     torch.manual_seed(1)
     calib = []
     for seed in range(2):
-        q, k, _, _ = structured_qkv(1, 512, 4, 2, 64, seed=seed, needle_len=32, needles_per_head=4,
-                                    streaming_heads=(1, 2), needle_logit=16.0)
+        q, k, _, _ = structured_qkv(
+            1,
+            512,
+            4,
+            2,
+            64,
+            seed=seed,
+            needle_len=32,
+            needles_per_head=4,
+            streaming_heads=(1, 2),
+            needle_logit=16.0,
+        )
         calib.append((q, k))
     prof = profile_streaming_heads(calib, sink=16, local=64, ratio=0.5, max_outside=0.5)
     assert prof.streaming_heads == (1, 2)

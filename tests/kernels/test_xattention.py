@@ -33,8 +33,9 @@ def test_triton_scoring_and_selection_match_reference(case, dtype, device):
     torch.manual_seed(0)
     q, k, _, _ = structured_qkv(b, t_k, h_q, h_kv, d, dtype=dtype, device=device, seed=11, needle_len=16)
     q = q[:, t_k - t_q :]
-    index, mass = xattn_select(q, k, stride=stride, tau=0.9, block_size=bs, causal=causal, impl="triton",
-                               return_mass=True)
+    index, mass = xattn_select(
+        q, k, stride=stride, tau=0.9, block_size=bs, causal=causal, impl="triton", return_mass=True
+    )
     ref_mask, ref_mass = xattn_select_ref(q, k, stride=stride, tau=0.9, block_size=bs, causal=causal)
     assert_close("block-mass", ref_mass, mass, torch.float32)
     mask = index_to_mask(index, ref_mask.shape[-1])
@@ -73,8 +74,9 @@ def test_selection_rule(tau):
 
 def test_keeps_planted_needles(device):
     torch.manual_seed(3)
-    q, k, _, needles = structured_qkv(2, 1024, 4, 2, 64, dtype=torch.float16, device=device, seed=9,
-                                      needle_len=32, needles_per_head=2)
+    q, k, _, needles = structured_qkv(
+        2, 1024, 4, 2, 64, dtype=torch.float16, device=device, seed=9, needle_len=32, needles_per_head=2
+    )
     index, _ = xattn_select(q, k, stride=8, tau=0.9, block_size=64, causal=True, impl="triton")
     mask = index_to_mask(index, 16)
     assert needles_kept(needles, mask.cpu(), 64) == 1.0
@@ -85,10 +87,13 @@ def test_prefill_matches_reference_with_same_mask(device):
     torch.manual_seed(4)
     q, k, v, _ = structured_qkv(1, 300, 4, 2, 64, dtype=torch.float16, device=device, seed=13, needle_len=16)
     head_type = torch.tensor([0, 1, 0, 0], dtype=torch.int32, device=device)
-    out = xattention_prefill(q, k, v, stride=8, tau=0.9, block_size=64, head_type=head_type, sink=16, local=64,
-                             impl="triton")
+    out = xattention_prefill(
+        q, k, v, stride=8, tau=0.9, block_size=64, head_type=head_type, sink=16, local=64, impl="triton"
+    )
     mask, _ = xattn_select_ref(q, k, stride=8, tau=0.9, block_size=64)
-    ref = block_sparse_attn_ref(q, k, v, mask, block_size=64, causal=True, head_type=head_type, sink=16, local=64)
+    ref = block_sparse_attn_ref(
+        q, k, v, mask, block_size=64, causal=True, head_type=head_type, sink=16, local=64
+    )
     assert_close("prefill", ref.float(), out.float(), torch.float16)
 
 

@@ -1,0 +1,296 @@
+"""Sparse prefill attention benchmark on a CUDA card: block-sparse kernel, XAttention, streaming heads.
+
+Writes ``bench/results/prefill_attention.json`` (or ``--out_dir``) through ``bench.common.write_results``.
+Every figure is timed in the same process as dense SDPA (flash backend) on the same inputs.
+
+Examples::
+
+    python bench/prefill_attention.py
+    python bench/prefill_attention.py --lengths=8192,32768 --sweep=1 --out_dir=/tmp/res
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import device_name, write_results
+from kernels.block_sparse_attention.index import BlockIndex, mask_to_index, visible_blocks
+from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
+from kernels.testing import needles_kept, rel_rms, structured_qkv
+from kernels.xattention.op import xattn_select
+
+log = logging.getLogger("bench.prefill_attention")
+
+
+@dataclasses.dataclass
+class PrefillBenchConfig:
+    """Benchmark settings (override with ``--field=value``)."""
+
+    lengths: str = "8192,16384,32768,65536,131072"
+    heads: int = 32
+    head_dim: int = 128
+    block_size: int = 128
+    densities: str = "0.5,0.25,0.1,0.05"
+    tau: float = 0.9
+    strides: str = "8,16"
+    oracle_heads: int = 4
+    sweep: int = 0  # 1: also time launch-config variants at the longest length
+    out_dir: str = ""
+    seed: int = 0
+
+
+def _parse(argv: list[str]) -> PrefillBenchConfig:
+    cfg = PrefillBenchConfig()
+    types = {f.name: f.type for f in dataclasses.fields(cfg)}
+    for arg in argv:
+        key, _, val = arg.lstrip("-").partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown option --{key}; options: {sorted(types)}")
+        setattr(cfg, key, {"int": int, "float": float}.get(str(types[key]), str)(val))
+    return cfg
+
+
+def timed(fn, reps: int, warmup: int = 1) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` runs, timed with CUDA events after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def density_mask(h: int, n: int, density: float, gen: torch.Generator, device) -> torch.Tensor:
+    """Random causal block mask keeping ``density`` of each row's causal blocks, diagonal always kept."""
+    r = torch.rand(1, h, n, n, generator=gen, device=device)
+    tri = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    r = torch.where(tri, r, -1.0)
+    r.diagonal(dim1=-2, dim2=-1).fill_(2.0)
+    count = torch.clamp(torch.round(density * torch.arange(1, n + 1, device=device)), min=1)
+    rank = torch.argsort(torch.argsort(r, dim=-1, descending=True), dim=-1)
+    return rank < count[:, None]
+
+
+def causal_density(index: BlockIndex, n: int) -> float:
+    return index.cnt.double().sum().item() / (index.cnt.shape[0] * index.cnt.shape[1] * n * (n + 1) / 2)
+
+
+def mass_recall(true_mass: torch.Tensor, keep: torch.Tensor) -> float:
+    """Kept true mass over the best mass with the same number of blocks per row."""
+    kept = (true_mass * keep).sum()
+    srt = torch.sort(true_mass, dim=-1, descending=True).values.cumsum(-1)
+    cnt = keep.sum(-1, keepdim=True).clamp_min(1)
+    best = torch.gather(srt, -1, cnt - 1).sum()
+    return (kept / best).item()
+
+
+def run_length(t: int, cfg: PrefillBenchConfig, rows: list[dict], sweep: bool) -> dict:
+    dev = torch.device("cuda")
+    h, d, bs = cfg.heads, cfg.head_dim, cfg.block_size
+    reps = 3 if t >= 65536 else 5 if t >= 32768 else 10
+    q, k, v, needles = structured_qkv(
+        1, t, h, h, d, dtype=torch.bfloat16, device=dev, seed=cfg.seed, needle_len=64, needles_per_head=2
+    )
+    n = -(-t // bs)
+    scale = d**-0.5
+    flops_causal = 4 * t * t * d * h / 2
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views, last dim contiguous
+
+    def sdpa():
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+
+    dense_out = sdpa().transpose(1, 2)
+    t_sdpa = timed(sdpa, reps)
+    res = {"seq_len": t, "sdpa_flash_ms": t_sdpa, "sdpa_tflops": flops_causal / t_sdpa / 1e9}
+    rows.append({"kind": "sdpa_flash", "seq_len": t, "ms": t_sdpa, "tflops": res["sdpa_tflops"]})
+
+    full = mask_to_index(torch.ones(1, h, n, n, dtype=torch.bool, device=dev), t, t, bs, causal=True)
+
+    def ours(index, config=None):
+        return block_sparse_attn_fwd(q, k, v, index, block_size=bs, scale=scale, causal=True, config=config)
+
+    out_full = ours(full)
+    t_full = timed(lambda: ours(full), reps)
+    res.update(
+        full_mask_ms=t_full,
+        full_mask_vs_sdpa=t_full / t_sdpa,
+        full_mask_rel_err_vs_sdpa=rel_rms(dense_out.float(), out_full.float()),
+    )
+    rows.append(
+        {
+            "kind": "block_sparse_full_causal",
+            "seq_len": t,
+            "ms": t_full,
+            "ratio_vs_sdpa": t_full / t_sdpa,
+            "tflops": flops_causal / t_full / 1e9,
+            "rel_err_vs_sdpa": res["full_mask_rel_err_vs_sdpa"],
+        }
+    )
+    if sweep:
+        for bn in (64, 128):
+            for nw in (4, 8):
+                for ns in (2, 3, 4):
+                    c = {"block_n": bn, "num_warps": nw, "num_stages": ns}
+                    try:
+                        ms = timed(lambda c=c: ours(full, c), max(2, reps // 2))
+                    except Exception as e:
+                        rows.append({"kind": "sweep_full", "seq_len": t, **c, "error": str(e)[:200]})
+                        continue
+                    rows.append(
+                        {"kind": "sweep_full", "seq_len": t, **c, "ms": ms, "ratio_vs_sdpa": ms / t_sdpa}
+                    )
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    for dens in [float(x) for x in cfg.densities.split(",")]:
+        idx = mask_to_index(density_mask(h, n, dens, gen, dev), t, t, bs, causal=True)
+        ms = timed(lambda idx=idx: ours(idx), reps)
+        real = causal_density(idx, n)
+        res[f"speedup_at_{round(dens * 100)}pct"] = t_sdpa / ms
+        rows.append(
+            {
+                "kind": "block_sparse_fixed_density",
+                "seq_len": t,
+                "density_target": dens,
+                "density_actual": real,
+                "ms": ms,
+                "speedup_vs_sdpa": t_sdpa / ms,
+            }
+        )
+        if abs(dens - 0.1) < 1e-9:
+            res["sparse_10pct_ms"] = ms
+    # XAttention: scoring cost, chosen density, error, needles, recall vs oracle
+    oh = min(cfg.oracle_heads, h)
+    _, true_mass = xattn_select(
+        q[:, :, :oh],
+        k[:, :, :oh],
+        stride=1,
+        tau=1.0,
+        block_size=bs,
+        causal=True,
+        return_mass=True,
+        impl="triton",
+    )
+    vis = visible_blocks(t, t, bs, True, dev)
+    for stride in [int(s) for s in cfg.strides.split(",")]:
+        for fp8 in (False, True):
+            sc = {"fp8": 1} if fp8 else None
+
+            def select(sc=sc, stride=stride):
+                return xattn_select(
+                    q, k, stride=stride, tau=cfg.tau, block_size=bs, causal=True, impl="triton", config=sc
+                )
+
+            try:
+                index, _ = select()
+            except Exception as e:
+                rows.append(
+                    {"kind": "xattn", "seq_len": t, "stride": stride, "fp8": fp8, "error": str(e)[:300]}
+                )
+                continue
+            t_score = timed(select, reps)
+            out = ours(index)
+            t_attn = timed(lambda index=index: ours(index), reps)
+            t_e2e = timed(lambda: ours(select()[0]), reps)
+            keep = torch.zeros(1, h, n, n + 1, dtype=torch.bool, device=dev)
+            valid = torch.arange(index.idx.shape[-1], device=dev) < index.cnt[..., None]
+            keep.scatter_(-1, torch.where(valid, index.idx.long(), n), True)
+            keep = keep[..., :n] & vis
+            row = {
+                "kind": "xattn",
+                "seq_len": t,
+                "stride": stride,
+                "fp8_scoring": fp8,
+                "tau": cfg.tau,
+                "density": causal_density(index, n),
+                "scoring_ms": t_score,
+                "attn_ms": t_attn,
+                "e2e_ms": t_e2e,
+                "e2e_speedup_vs_sdpa": t_sdpa / t_e2e,
+                "scoring_share_of_10pct_attn": t_score / res["sparse_10pct_ms"],
+                "rel_err_vs_dense": rel_rms(dense_out.float(), out.float()),
+                "needles_kept": needles_kept(needles, keep.cpu(), bs),
+                "mass_recall_vs_oracle": mass_recall(true_mass[:, :oh], keep[:, :oh]),
+                "kept_true_mass_share": ((true_mass * keep[:, :oh]).sum() / true_mass.sum()).item(),
+            }
+            rows.append(row)
+            res[f"xattn_s{stride}{'_fp8' if fp8 else ''}"] = row
+            log.info("T=%d %s", t, json.dumps(row))
+    return res
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = _parse(sys.argv[1:])
+    if not torch.cuda.is_available():
+        raise SystemExit("prefill_attention needs a CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    lengths = [int(x) for x in cfg.lengths.split(",")]
+    rows: list[dict] = []
+    per_len = {}
+    start = time.time()
+    for t in lengths:
+        per_len[t] = run_length(t, cfg, rows, bool(cfg.sweep) and t == max(lengths))
+        torch.cuda.empty_cache()
+        log.info(
+            "T=%d done at %.0fs: %s",
+            t,
+            time.time() - start,
+            {k: v for k, v in per_len[t].items() if not isinstance(v, dict)},
+        )
+    top = per_len[max(lengths)]
+    best = min(
+        (key for key in top if key.startswith("xattn_s")), key=lambda key: top[key]["e2e_ms"], default=None
+    )
+    headline = {
+        "seq_len": max(lengths),
+        "full_mask_vs_sdpa_128k": top["full_mask_vs_sdpa"],
+        "speedup_at_10pct_128k": top.get("speedup_at_10pct"),
+        "xattn_config": best,
+        "xattn_scoring_share_128k": top[best]["scoring_share_of_10pct_attn"] if best else None,
+        "xattn_mass_recall_vs_oracle": min(
+            r["mass_recall_vs_oracle"]
+            for r in rows
+            if r["kind"] == "xattn"
+            and r.get("mass_recall_vs_oracle") is not None
+            and r["stride"] == top[best]["stride"]
+        )
+        if best
+        else None,
+        "needles_kept": min(r["needles_kept"] for r in rows if r["kind"] == "xattn" and "needles_kept" in r),
+        "xattn_density_128k": top[best]["density"] if best else None,
+        "xattn_rel_err_vs_dense_128k": top[best]["rel_err_vs_dense"] if best else None,
+        "xattn_e2e_speedup_128k": top[best]["e2e_speedup_vs_sdpa"] if best else None,
+        "vs_official_xattn_128k": None,
+    }
+    path = write_results(
+        "prefill_attention",
+        rows=rows,
+        headline=headline,
+        config=dataclasses.asdict(cfg),
+        device=device_name(),
+        out_dir=Path(cfg.out_dir) if cfg.out_dir else None,
+    )
+    log.info("wrote %s\n%s", path, json.dumps(headline, indent=1))
+    if not math.isfinite(top["full_mask_rel_err_vs_sdpa"]) or top["full_mask_rel_err_vs_sdpa"] > 2e-2:
+        raise SystemExit(f"full-mask output disagrees with SDPA: rel err {top['full_mask_rel_err_vs_sdpa']}")
+
+
+if __name__ == "__main__":
+    main()

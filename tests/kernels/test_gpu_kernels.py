@@ -1,0 +1,79 @@
+"""The kernel checks again in bf16 at real sizes on a CUDA device (``pytest -m gpu tests/kernels``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels.block_sparse_attention import (
+    HEAD_STREAMING,
+    block_sparse_attn,
+    block_sparse_attn_ref,
+    index_to_mask,
+)
+from kernels.testing import assert_close, needles_kept, structured_qkv
+from kernels.xattention import antidiagonal_block_mass_ref, xattn_select, xattn_select_ref
+from tests.utils import require_cuda
+
+pytestmark = [pytest.mark.gpu, require_cuda]
+
+
+@pytest.mark.parametrize(
+    ("t", "bs", "d", "h_kv"),
+    [(4096, 128, 128, 8), (4000, 64, 64, 2), (3001, 128, 64, 8)],
+    ids=["T4096-bs128-D128-H8x8", "T4000-bs64-D64-H8x2", "T3001-bs128-D64-H8x8"],
+)
+def test_bf16_block_sparse_matches_reference(t, bs, d, h_kv, device):
+    torch.manual_seed(0)
+    q, k, v, _ = structured_qkv(2, t, 8, h_kv, d, dtype=torch.bfloat16, device=device, seed=1)
+    n = -(-t // bs)
+    mask = torch.rand(2, 8, n, n, device=device) < 0.3
+    mask[..., 0] = True
+    head_type = torch.zeros(8, dtype=torch.int32, device=device)
+    head_type[[2, 5]] = HEAD_STREAMING
+    kw = dict(block_size=bs, causal=True, head_type=head_type, sink=128, local=1024)
+    out = block_sparse_attn(q, k, v, mask, impl="triton", **kw)
+    ref = block_sparse_attn_ref(q, k, v, mask, **kw)
+    assert_close("bf16-block-sparse", ref.float(), out.float(), torch.bfloat16)
+
+
+@pytest.mark.parametrize("t", [16384, 20000])
+def test_bf16_full_mask_matches_sdpa(t, device):
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, t, 32, 128, device=device, dtype=torch.bfloat16) for _ in range(3))
+    n = -(-t // 128)
+    ones = torch.ones(1, 32, n, n, dtype=torch.bool, device=device)
+    out = block_sparse_attn(q, k, v, ones, block_size=128, causal=True, impl="triton")
+    want = F.scaled_dot_product_attention(*(x.transpose(1, 2).float() for x in (q, k, v)), is_causal=True)
+    assert_close("bf16-full-vs-sdpa", want.transpose(1, 2), out.float(), torch.bfloat16)
+
+
+@pytest.mark.parametrize("stride", [4, 8, 16])
+def test_bf16_xattention_matches_reference(stride, device):
+    torch.manual_seed(2)
+    q, k, _, _ = structured_qkv(1, 8192, 8, 4, 128, dtype=torch.bfloat16, device=device, seed=2)
+    index, mass = xattn_select(q, k, stride=stride, tau=0.9, block_size=128, impl="triton", return_mass=True)
+    ref_mask, ref_mass = xattn_select_ref(q, k, stride=stride, tau=0.9, block_size=128)
+    assert_close("bf16-mass", ref_mass, mass, torch.float32)
+    assert (index_to_mask(index, 64) != ref_mask).float().mean().item() <= 0.02
+
+
+def test_bf16_stride1_oracle_mass(device):
+    torch.manual_seed(3)
+    q, k, _, _ = structured_qkv(1, 4096, 4, 4, 128, dtype=torch.bfloat16, device=device, seed=3)
+    _, mass = xattn_select(q, k, stride=1, tau=0.9, block_size=128, impl="triton", return_mass=True)
+    ref = antidiagonal_block_mass_ref(q, k, stride=1, block_size=128)
+    assert_close("oracle-mass", ref, mass, torch.float32)
+
+
+def test_bf16_needles_kept_at_32k(device):
+    torch.manual_seed(4)
+    q, k, _, needles = structured_qkv(
+        1, 32768, 8, 8, 128, dtype=torch.bfloat16, device=device, seed=4, needle_len=64, needles_per_head=4
+    )
+    for stride in (8, 16):
+        index, _ = xattn_select(q, k, stride=stride, tau=0.9, block_size=128, impl="triton")
+        mask = index_to_mask(index, 256)
+        assert needles_kept(needles, mask, 128) == 1.0
+        assert mask.float().mean().item() < 0.25
