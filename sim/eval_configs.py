@@ -46,6 +46,7 @@ class EvalConfig:
         video_dir: Where videos go; unset means ``<out_dir>/videos``.
         max_videos_per_task: Cap on videos per task (the first init states); unset writes all.
         out_dir: Where ``results.json`` and the resolved ``config.yaml`` go.
+        force_ray: Use Ray actors even for one worker (timing comparisons against more workers).
         render: Camera size and renderer settings of the env
             (`sim.configs.RenderConfig`).
     """
@@ -56,6 +57,7 @@ class EvalConfig:
     first_init_state: int = 0
     policy: str = "expert"
     num_workers: int = 1
+    force_ray: bool = False
     seed: int = 0
     replan_every: int | None = None
     max_steps: int | None = None

@@ -229,8 +229,8 @@ class EvalWorker:
             "replan_every": self._executor.replan_every if self._executor else None,
         }
 
-    def run(self, job: Job) -> dict[str, Any]:
-        """Run one episode and return its record (and write its video when asked)."""
+    def run(self, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run one episode; return its record and the task's `info` (and write its video when asked)."""
         self._ensure(job.task)
         seed = episode_seed(self.cfg.seed, job.task_index, job.init_state)
         ep = run_episode(
@@ -255,7 +255,7 @@ class EvalWorker:
             path = path / job.task / f"init{job.init_state:03d}_{'success' if ep.success else 'fail'}.mp4"
             write_video(path, frames, fps=control_fps(self._env))
             rec["video"] = str(path)
-        return rec
+        return rec, self.info(job.task)
 
     def close(self) -> None:
         """Close the env."""
@@ -361,9 +361,8 @@ def _run_jobs_local(cfg: EvalConfig, jobs: list[Job]) -> tuple:
     worker = EvalWorker(cfg)
     try:
         for job in jobs:
-            if job.task not in infos:
-                infos[job.task] = worker.info(job.task)
-            records.append(worker.run(job))
+            rec, infos[job.task] = worker.run(job)
+            records.append(rec)
             bar.update(1)
             bar.set_postfix(success=sum(r["success"] for r in records))
     finally:
@@ -390,7 +389,7 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict[str, Any]:
         for ti, name in tasks
         for i in range(cfg.episodes)
     ]
-    if cfg.num_workers > 1:
+    if cfg.num_workers > 1 or cfg.force_ray:
         records, infos = _run_jobs_ray(cfg, jobs)
     else:
         records, infos = _run_jobs_local(cfg, jobs)
@@ -406,17 +405,17 @@ def _run_jobs_ray(cfg: EvalConfig, jobs: list[Job]) -> tuple:
     import ray
     from ray.util import ActorPool
 
-    task_names = list(dict.fromkeys(j.task for j in jobs))
     bar = tqdm(total=len(jobs), desc=f"eval {cfg.suite} ({cfg.num_workers} workers)", unit="ep", disable=None)
     started = _start_ray(cfg.num_workers)
     try:
         actor_cls = ray.remote(num_cpus=1)(EvalWorker)
         actors = [actor_cls.remote(cfg) for _ in range(min(cfg.num_workers, len(jobs)))]
-        infos = dict(zip(task_names, ray.get([actors[0].info.remote(t) for t in task_names]), strict=True))
         pool = ActorPool(actors)
         by_key: dict[tuple[str, int], dict[str, Any]] = {}
-        for rec in pool.map_unordered(lambda a, j: a.run.remote(j), jobs):
+        infos: dict[str, dict[str, Any]] = {}
+        for rec, info in pool.map_unordered(lambda a, j: a.run.remote(j), jobs):
             by_key[(rec["task"], rec["init_state"])] = rec
+            infos[rec["task"]] = info
             bar.update(1)
             bar.set_postfix(success=sum(r["success"] for r in by_key.values()))
         ray.get([a.close.remote() for a in actors])
@@ -461,6 +460,7 @@ def summarize(
         "policy_metadata": first["policy_metadata"],
         "seed": cfg.seed,
         "num_workers": cfg.num_workers,
+        "ray": cfg.num_workers > 1 or cfg.force_ray,
         "mean_success": float(np.mean([t["success_rate"] for t in per_task.values()])),
         "overall_success": total_k / total_n if total_n else 0.0,
         "overall_ci95": [round(v, 4) for v in wilson_ci(total_k, total_n)],
