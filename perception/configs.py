@@ -39,9 +39,13 @@ class ViTEncoderConfig(VisionEncoderConfig):
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size != 0:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
         if self.embed_dim % self.num_heads != 0:
-            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
 
     def build(self) -> VisionEncoder:
         """Instantiate a :class:`perception.encoders.vit.ViTEncoder`."""

@@ -33,8 +33,10 @@ def get_policy_config_class(name: str) -> type[PolicyConfig]:
     known = list(PolicyConfig.get_known_choices())
     if name not in known:
         hint = difflib.get_close_matches(name, known, n=1)
-        raise ValueError(f"unknown policy type {name!r}; known: {known}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise ValueError(
+            f"unknown policy type {name!r}; known: {known}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
     return PolicyConfig.get_choice_class(name)
 
 
@@ -91,7 +93,9 @@ class CotVlaConfig(PolicyConfig):
         if self.action_head not in ("discrete", "continuous"):
             raise ValueError(f"action_head must be 'discrete' or 'continuous', got {self.action_head!r}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
-            raise ValueError(f"n_action_steps ({self.n_action_steps}) must be in [1, chunk_size={self.chunk_size}]")
+            raise ValueError(
+                f"n_action_steps ({self.n_action_steps}) must be in [1, chunk_size={self.chunk_size}]"
+            )
         if self.subgoal_offset < 1:
             raise ValueError(f"subgoal_offset must be >= 1 control step, got {self.subgoal_offset}")
         if self.num_bins < 2:
@@ -117,8 +121,9 @@ class CotVlaConfig(PolicyConfig):
         """Test-sized CoT-VLA: 32-px images, 16 subgoal codes, a 2-layer 64-wide decoder."""
         kw: dict[str, Any] = dict(
             vision=ViTEncoderConfig(image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=2),
-            backbone=DecoderConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                                   intermediate_size=128),
+            backbone=DecoderConfig(
+                hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128
+            ),
             tokenizer=FSQConfig(image_size=32, downsample=8, levels=[5, 5, 5], channels=[16, 16, 32, 32]),
             text_max_tokens=12,
             subgoal_offset=4,

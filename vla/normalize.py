@@ -44,7 +44,9 @@ class NormStats:
         actions = np.asarray(actions, dtype=np.float64)
         states = np.asarray(states, dtype=np.float64)
         if actions.ndim != 2 or states.ndim != 2 or len(actions) == 0:
-            raise ValueError(f"expected non-empty (N, A) actions and (N, S) states, got {actions.shape}, {states.shape}")
+            raise ValueError(
+                f"expected non-empty (N, A) actions and (N, S) states, got {actions.shape}, {states.shape}"
+            )
         return cls(
             action_q01=np.quantile(actions, 0.01, axis=0).tolist(),
             action_q99=np.quantile(actions, 0.99, axis=0).tolist(),

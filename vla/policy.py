@@ -118,8 +118,10 @@ class Policy(nn.Module, ABC):
 
         missing, unexpected = self.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
         if unexpected or [m for m in missing if not self.optional_key(m)]:
-            raise ValueError(f"checkpoint {path} does not match the model: missing={missing[:5]} "
-                             f"unexpected={unexpected[:5]}")
+            raise ValueError(
+                f"checkpoint {path} does not match the model: missing={missing[:5]} "
+                f"unexpected={unexpected[:5]}"
+            )
 
     def optional_key(self, key: str) -> bool:
         """Whether a state-dict key may be absent from ``model.safetensors`` (stored elsewhere)."""

@@ -25,8 +25,15 @@ class ViTEncoder(VisionEncoder):
 
         self.cfg = cfg
         self.vit = VisionTransformer(
-            img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
-            num_heads=cfg.num_heads, num_classes=0, class_token=False, global_pool="", dynamic_img_size=False,
+            img_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            num_classes=0,
+            class_token=False,
+            global_pool="",
+            dynamic_img_size=False,
         )
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
@@ -52,8 +59,9 @@ class ViTEncoder(VisionEncoder):
 
         def transform(images: Tensor) -> Tensor:
             if images.shape[-2:] != (size, size):
-                images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
-                                                         antialias=True, align_corners=False)
+                images = torch.nn.functional.interpolate(
+                    images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                )
             return (images - self.mean) / self.std
 
         return transform
@@ -62,5 +70,7 @@ class ViTEncoder(VisionEncoder):
     def forward(self, images: Tensor) -> Tensor:
         s = self.cfg.image_size
         if images.dim() != 4 or images.shape[1:] != (3, s, s):
-            raise ValueError(f"ViTEncoder expects (B, 3, {s}, {s}) preprocessed images, got {tuple(images.shape)}")
+            raise ValueError(
+                f"ViTEncoder expects (B, 3, {s}, {s}) preprocessed images, got {tuple(images.shape)}"
+            )
         return self.vit.forward_features(images)  # (B, num_patches, embed_dim)

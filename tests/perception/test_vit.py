@@ -16,7 +16,8 @@ def test_vit_shapes_transform_and_interface():
     x = enc.get_transform()(torch.rand(3, 3, 64, 64))  # resized to 32
     assert x.shape == (3, 3, 32, 32)
     out = enc(x)
-    assert out.shape == (3, 16, 48) and torch.isfinite(out).all()
+    assert out.shape == (3, 16, 48)
+    assert torch.isfinite(out).all()
     out.sum().backward()
     assert enc.vit.patch_embed.proj.weight.grad.abs().sum() > 0
     # patch tokens are position-dependent: shifting the image changes which token carries what

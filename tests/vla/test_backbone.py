@@ -1,4 +1,4 @@
-"""Decoder backbone: HF Llama/Qwen2 parity (weights saved locally), KV-cache paths equal full recomputation."""
+"""Decoder backbone: HF Llama/Qwen2 logit parity (tiny random models saved locally); KV cache == full pass."""
 
 from __future__ import annotations
 
@@ -11,9 +11,18 @@ from vla.backbones.decoder import Decoder, DecoderConfig, load_hf_decoder
 def _hf_tiny(kind: str, path):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)
+    common = dict(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, attention_bias=False))
@@ -60,7 +69,9 @@ def test_prefill_decode_equals_full_forward():
 
 
 def test_cache_overflow_is_an_error():
-    model = Decoder(DecoderConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32))
+    model = Decoder(
+        DecoderConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32)
+    )
     cache = model.allocate_cache(1, 4, "cpu")
     with pytest.raises(ValueError, match="overflow"):
         model.prefill(torch.randn(1, 5, 32), cache)

@@ -41,11 +41,14 @@ def test_registry_tiny_builds_finite_loss_and_grads(name, variant):
     cfg = get_policy_config_class(name).tiny(**VARIANTS[variant])
     policy = cfg.build()
     loss, logs = policy(cfg.fake_batch(2))
-    assert torch.isfinite(loss) and loss.item() > 0
+    assert torch.isfinite(loss)
+    assert loss.item() > 0
     assert ("subgoal_loss" in logs) == cfg.use_cot
     loss.backward()
     grads = {n: p.grad for n, p in policy.named_parameters() if p.requires_grad}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [n for n, g in grads.items() if g is None]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [
+        n for n, g in grads.items() if g is None
+    ]
     assert grads["action_queries"].abs().sum() > 0
     assert not any(p.requires_grad for p in policy.tokenizer.parameters())
     assert policy.predict_action_chunk(cfg.fake_batch(2)).shape == (2, cfg.chunk_size, cfg.action_dim)
@@ -75,7 +78,8 @@ def test_hybrid_mask_structure():
     assert torch.equal(sub, torch.ones_like(sub).tril()), "subgoal codes are strictly causal"
     assert not m[lay.codes_start, lay.codes_start + 1 :].any(), "a subgoal token never sees a later one"
     nocot = Layout(3, 4, 5, 6, use_cot=False)
-    assert nocot.total == 3 + 1 + 4 + 6 and nocot.act_start == nocot.prefix_len
+    assert nocot.total == 3 + 1 + 4 + 6
+    assert nocot.act_start == nocot.prefix_len
 
 
 def test_mask_in_the_model_blocks_future_subgoal_information():
@@ -89,8 +93,16 @@ def test_mask_in_the_model_blocks_future_subgoal_information():
     codes = torch.randint(0, cfg.tokenizer.codebook_size, (1, lay.n_codes))
 
     def run(c):
-        x = torch.cat([prefix, policy.boi.expand(1, 1, -1), policy.code_embed(c), policy.eoi.expand(1, 1, -1),
-                       policy._queries(1)], 1)
+        x = torch.cat(
+            [
+                prefix,
+                policy.boi.expand(1, 1, -1),
+                policy.code_embed(c),
+                policy.eoi.expand(1, 1, -1),
+                policy._queries(1),
+            ],
+            1,
+        )
         return policy.backbone(x, policy._mask(valid, slice(None), lay.total))
 
     c2 = codes.clone()
@@ -102,7 +114,9 @@ def test_mask_in_the_model_blocks_future_subgoal_information():
     assert (h1[:, pos:] - h2[:, pos:]).abs().amax() > 1e-4  # later tokens, actions included, do see it
     q = policy._queries(1).clone()
     with torch.no_grad():  # actions see each other: perturbing one action query changes the others
-        x = torch.cat([prefix, policy.boi.expand(1, 1, -1), policy.code_embed(codes), policy.eoi.expand(1, 1, -1)], 1)
+        x = torch.cat(
+            [prefix, policy.boi.expand(1, 1, -1), policy.code_embed(codes), policy.eoi.expand(1, 1, -1)], 1
+        )
         ha = policy.backbone(torch.cat([x, q], 1), policy._mask(valid, slice(None), lay.total))
         q[0, -1] += 1.0
         hb = policy.backbone(torch.cat([x, q], 1), policy._mask(valid, slice(None), lay.total))
@@ -129,7 +143,8 @@ def test_save_load_identical_outputs(variant, tmp_path):
     ckpt = vla.make_tiny_checkpoint(tmp_path / "ckpt", seed=3, **VARIANTS[variant])
     files = {p.name for p in Path(ckpt).iterdir()}
     assert {"config.yaml", "model.safetensors", "normalization.json", "metadata.json", "tokenizer"} <= files
-    assert not list(Path(ckpt).rglob("*.pt")) and not list(Path(ckpt).rglob("*.pkl"))
+    assert not list(Path(ckpt).rglob("*.pt"))
+    assert not list(Path(ckpt).rglob("*.pkl"))
     a, b = vla.load_policy(ckpt), vla.load_policy(ckpt)
     obs = _obs(1)
     ra, rb = a.infer(obs), b.infer(obs)
@@ -147,17 +162,35 @@ def test_save_load_identical_outputs(variant, tmp_path):
 def test_inference_contract_and_batching(tmp_path):
     pol = vla.load_policy(vla.make_tiny_checkpoint(tmp_path / "c"))
     md = pol.metadata
-    for key in ("model_id", "chunk_size", "n_action_steps", "control_hz", "camera_keys", "image_size", "state_dim",
-                "action_dim", "action_low", "action_high", "gripper_convention"):
+    for key in (
+        "model_id",
+        "chunk_size",
+        "n_action_steps",
+        "control_hz",
+        "camera_keys",
+        "image_size",
+        "state_dim",
+        "action_dim",
+        "action_low",
+        "action_high",
+        "gripper_convention",
+    ):
         assert key in md
-    assert md["control_hz"] == 20 and md["chunk_size"] == 10 and md["action_dim"] == 7
+    assert md["control_hz"] == 20
+    assert md["chunk_size"] == 10
+    assert md["action_dim"] == 7
     assert json.loads((tmp_path / "c" / "metadata.json").read_text()) == json.loads(json.dumps(md))
-    obs = [_obs(i, t) for i, t in enumerate(["put the red cube on the plate", "open the drawer", "push the plate"])]
+    obs = [
+        _obs(i, t)
+        for i, t in enumerate(["put the red cube on the plate", "open the drawer", "push the plate"])
+    ]
     singles = [pol.infer(o) for o in obs]
     batched = pol.infer_batch(obs)
     for s, b in zip(singles, batched, strict=True):
-        assert b["actions"].shape == (10, 7) and b["actions"].dtype == np.float32
-        assert b["subgoal_image"].shape == (32, 32, 3) and b["subgoal_image"].dtype == np.uint8
+        assert b["actions"].shape == (10, 7)
+        assert b["actions"].dtype == np.float32
+        assert b["subgoal_image"].shape == (32, 32, 3)
+        assert b["subgoal_image"].dtype == np.uint8
         np.testing.assert_allclose(b["actions"], s["actions"], atol=1e-2)
     assert np.all(np.abs(batched[0]["actions"]) <= 1)
     bad = dict(obs[0])
@@ -176,7 +209,9 @@ def test_fsq_code_roundtrip_and_sizes():
     fsq = FSQ([8, 5, 5, 5])
     q = fsq.quantize(torch.randn(1000, 4) * 3)
     codes = fsq.codes_from_quantized(q)
-    assert codes.min() >= 0 and codes.max() < 1000 and len(codes.unique()) > 100
+    assert codes.min() >= 0
+    assert codes.max() < 1000
+    assert len(codes.unique()) > 100
     torch.testing.assert_close(fsq.quantized_from_codes(codes), q)
     assert FSQConfig(image_size=64, downsample=8, channels=[8, 8, 8, 8]).num_tokens == 64
     assert FSQConfig(image_size=128, downsample=8, channels=[8, 8, 8, 8]).num_tokens == 256

@@ -58,7 +58,9 @@ class DecoderConfig:
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
         if self.head_dim is None and self.hidden_size % self.num_heads != 0:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
         if self.dim_per_head % 2 != 0:
             raise ValueError(f"head_dim must be even for RoPE, got {self.dim_per_head}")
 
@@ -109,8 +111,16 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class KVCache(nn.Module):
     """Static per-layer key/value buffers `(B, max_len, Hkv, D)` plus a key-validity mask `(B, max_len)`."""
 
-    def __init__(self, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
-                 device: torch.device | str, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        max_len: int,
+        num_kv_heads: int,
+        head_dim: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
@@ -139,8 +149,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None = None, layer: int = 0, start: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        start: int = 0,
+    ) -> Tensor:
         """Attend from `(B, T, d)` tokens; with a cache, keys are ``[0, start+T)``."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, D)
@@ -177,8 +195,16 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None = None, layer: int = 0, start: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        start: int = 0,
+    ) -> Tensor:
         """Run one block."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, start)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -202,8 +228,9 @@ class Decoder(nn.Module):
             if cfg.tie_word_embeddings:
                 self.lm_head.weight = self.embed_tokens.weight
 
-    def allocate_cache(self, batch: int, max_len: int, device: torch.device | str,
-                       dtype: torch.dtype = torch.float32) -> KVCache:
+    def allocate_cache(
+        self, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+    ) -> KVCache:
         """Preallocate a static KV cache for ``batch`` sequences of up to ``max_len`` tokens."""
         c = self.cfg
         return KVCache(c.num_layers, batch, max_len, c.num_kv_heads, c.dim_per_head, device, dtype)

@@ -44,9 +44,13 @@ class FSQConfig:
         if n < 1 or 2**n != self.downsample:
             raise ValueError(f"downsample must be a power of two >= 2, got {self.downsample}")
         if self.image_size % self.downsample != 0:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of downsample ({self.downsample})")
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of downsample ({self.downsample})"
+            )
         if len(self.channels) != n + 1:
-            raise ValueError(f"channels needs {n + 1} entries for downsample {self.downsample}, got {self.channels}")
+            raise ValueError(
+                f"channels needs {n + 1} entries for downsample {self.downsample}, got {self.channels}"
+            )
         if not self.levels or any(lv < 2 for lv in self.levels):
             raise ValueError(f"levels must be integers >= 2, got {self.levels}")
 
@@ -115,13 +119,20 @@ class FSQAutoencoder(nn.Module):
         enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, padding=1)]
         for i in range(len(ch) - 1):
             enc += [_block(ch[i], ch[i]), nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)]
-        enc += [_block(ch[-1], ch[-1]), nn.GroupNorm(min(8, ch[-1]), ch[-1]), nn.SiLU(),
-                nn.Conv2d(ch[-1], len(cfg.levels), 1)]
+        enc += [
+            _block(ch[-1], ch[-1]),
+            nn.GroupNorm(min(8, ch[-1]), ch[-1]),
+            nn.SiLU(),
+            nn.Conv2d(ch[-1], len(cfg.levels), 1),
+        ]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(len(cfg.levels), ch[-1], 3, padding=1), _block(ch[-1], ch[-1])]
         for i in range(len(ch) - 1, 0, -1):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch[i], ch[i - 1], 3, padding=1),
-                    _block(ch[i - 1], ch[i - 1])]
+            dec += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(ch[i], ch[i - 1], 3, padding=1),
+                _block(ch[i - 1], ch[i - 1]),
+            ]
         dec += [nn.GroupNorm(min(8, ch[0]), ch[0]), nn.SiLU(), nn.Conv2d(ch[0], 3, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
         self.fsq = FSQ(cfg.levels)
@@ -129,7 +140,9 @@ class FSQAutoencoder(nn.Module):
     def _check(self, images: Tensor) -> None:
         s = self.cfg.image_size
         if images.dim() != 4 or images.shape[1:] != (3, s, s):
-            raise ValueError(f"tokenizer expects (B, 3, {s}, {s}) images in [0, 1], got {tuple(images.shape)}")
+            raise ValueError(
+                f"tokenizer expects (B, 3, {s}, {s}) images in [0, 1], got {tuple(images.shape)}"
+            )
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Reconstruct images; returns ``(recon in [0,1]-ish, codes (B, N))``."""
@@ -175,8 +188,10 @@ class FSQAutoencoder(nn.Module):
 
         path = Path(path)
         if not (path / TOKENIZER_CONFIG).is_file():
-            raise FileNotFoundError(f"{path} holds no tokenizer ({TOKENIZER_CONFIG} missing); train one with "
-                                    "vla-train-tokenizer or pass the right folder")
+            raise FileNotFoundError(
+                f"{path} holds no tokenizer ({TOKENIZER_CONFIG} missing); train one with "
+                "vla-train-tokenizer or pass the right folder"
+            )
         model = cls(FSQConfig(**json.loads((path / TOKENIZER_CONFIG).read_text())))
         model.load_state_dict(load_file(str(path / TOKENIZER_WEIGHTS)))
         return model.to(device).eval()

@@ -119,18 +119,27 @@ class CotVlaPolicy(Policy):
         if cfg.pretrained_backbone:
             hf = load_hf_decoder(cfg.pretrained_backbone, with_lm=False)
             if hf.cfg != cfg.backbone:
-                raise ValueError(f"pretrained backbone shape {hf.cfg} differs from policy.backbone {cfg.backbone}; "
-                                 "copy its sizes into --policy.backbone.*")
+                raise ValueError(
+                    f"pretrained backbone shape {hf.cfg} differs from policy.backbone {cfg.backbone}; "
+                    "copy its sizes into --policy.backbone.*"
+                )
             self.backbone.load_state_dict(hf.state_dict())
         if cfg.tokenizer_path:
             tok = FSQAutoencoder.from_pretrained(cfg.tokenizer_path)
             if tok.cfg != cfg.tokenizer:
-                raise ValueError(f"tokenizer at {cfg.tokenizer_path} has config {tok.cfg}, but policy.tokenizer is "
-                                 f"{cfg.tokenizer}; set policy.tokenizer to match (vla-train does this)")
+                raise ValueError(
+                    f"tokenizer at {cfg.tokenizer_path} has config {tok.cfg}, but policy.tokenizer is "
+                    f"{cfg.tokenizer}; set policy.tokenizer to match (vla-train does this)"
+                )
             self.tokenizer.load_state_dict(tok.state_dict())
         self.set_normalization(NormStats.identity(cfg.action_dim, cfg.state_dim))
-        self.layout = Layout(cfg.text_max_tokens, len(cfg.camera_keys) * self.vision.num_patches,
-                             cfg.tokenizer.num_tokens, cfg.chunk_size * cfg.action_dim, cfg.use_cot)
+        self.layout = Layout(
+            cfg.text_max_tokens,
+            len(cfg.camera_keys) * self.vision.num_patches,
+            cfg.tokenizer.num_tokens,
+            cfg.chunk_size * cfg.action_dim,
+            cfg.use_cot,
+        )
         self.register_buffer("mask", self.layout.base_mask(), persistent=False)
 
     # ---- normalization ----
@@ -139,17 +148,27 @@ class CotVlaPolicy(Policy):
         """Install dataset statistics (saved with the checkpoint)."""
         cfg = self.config
         if len(stats.action_q01) != cfg.action_dim or len(stats.state_mean) != cfg.state_dim:
-            raise ValueError(f"stats are for action_dim={len(stats.action_q01)}, state_dim={len(stats.state_mean)}; "
-                             f"the policy has {cfg.action_dim}, {cfg.state_dim}")
+            raise ValueError(
+                f"stats are for action_dim={len(stats.action_q01)}, state_dim={len(stats.state_mean)}; "
+                f"the policy has {cfg.action_dim}, {cfg.state_dim}"
+            )
         dev = self.cam_embed.device
-        for name, vals in (("action_q01", stats.action_q01), ("action_q99", stats.action_q99),
-                           ("state_mean", stats.state_mean), ("state_std", stats.state_std)):
+        for name, vals in (
+            ("action_q01", stats.action_q01),
+            ("action_q99", stats.action_q99),
+            ("state_mean", stats.state_mean),
+            ("state_std", stats.state_std),
+        ):
             self.register_buffer(name, stats_tensor(vals).to(dev))
 
     def norm_stats(self) -> NormStats:
         """The installed statistics."""
-        return NormStats(self.action_q01.tolist(), self.action_q99.tolist(), self.state_mean.tolist(),
-                         self.state_std.tolist())
+        return NormStats(
+            self.action_q01.tolist(),
+            self.action_q99.tolist(),
+            self.state_mean.tolist(),
+            self.state_std.tolist(),
+        )
 
     # ---- embedding ----
 
@@ -209,7 +228,9 @@ class CotVlaPolicy(Policy):
             codes = self.subgoal_codes(batch[SUBGOAL_IMAGE])
             parts += [self.boi.expand(b, 1, -1), self.code_embed(codes), self.eoi.expand(b, 1, -1)]
         parts.append(self._queries(b))
-        h = self.backbone(torch.cat([p.to(prefix.dtype) for p in parts], 1), self._mask(valid, slice(None), lay.total))
+        h = self.backbone(
+            torch.cat([p.to(prefix.dtype) for p in parts], 1), self._mask(valid, slice(None), lay.total)
+        )
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=h.device)
         if cfg.use_cot:
@@ -276,12 +297,22 @@ class CotVlaPolicy(Policy):
             codes = [self.code_head(h[:, -1]).argmax(-1)]
             for i in range(1, lay.n_codes):
                 pos = lay.boi + i
-                h = self.backbone.decode(self.code_embed(codes[-1])[:, None].to(dt), cache, pos,
-                                         self._mask(valid, slice(pos, pos + 1), pos + 1))
+                h = self.backbone.decode(
+                    self.code_embed(codes[-1])[:, None].to(dt),
+                    cache,
+                    pos,
+                    self._mask(valid, slice(pos, pos + 1), pos + 1),
+                )
                 codes.append(self.code_head(h[:, -1]).argmax(-1))
             pos = lay.boi + lay.n_codes
-            x = torch.cat([self.code_embed(codes[-1])[:, None].to(dt), self.eoi.expand(b, 1, -1).to(dt),
-                           self._queries(b).to(dt)], 1)
+            x = torch.cat(
+                [
+                    self.code_embed(codes[-1])[:, None].to(dt),
+                    self.eoi.expand(b, 1, -1).to(dt),
+                    self._queries(b).to(dt),
+                ],
+                1,
+            )
             h = self.backbone.decode(x, cache, pos, self._mask(valid, slice(pos, lay.total), lay.total))
             act = self._decode_actions(h[:, 2:])
             res["codes"] = torch.stack(codes, 1)
@@ -342,5 +373,7 @@ class CotVlaPolicy(Policy):
         super().load_checkpoint_files(path)
         tok = FSQAutoencoder.from_pretrained(path / TOKENIZER_DIR)
         if tok.cfg != self.config.tokenizer:
-            raise ValueError(f"tokenizer in {path} ({tok.cfg}) differs from the config ({self.config.tokenizer})")
+            raise ValueError(
+                f"tokenizer in {path} ({tok.cfg}) differs from the config ({self.config.tokenizer})"
+            )
         self.tokenizer.load_state_dict(tok.state_dict())

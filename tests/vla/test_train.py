@@ -1,0 +1,173 @@
+"""Training: LeRobot windows, tokenizer PSNR, vla-train run/resume, overfitting one episode, presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import draccus
+import numpy as np
+import pytest
+import torch
+
+import vla
+from vla.configs import CotVlaConfig, PolicyConfig
+from vla.constants import ACTION, OBS_AGENTVIEW, SUBGOAL_IMAGE
+from vla.data import DatasetConfig, compute_norm_stats, make_dataset, make_synthetic_dataset, to_policy_batch
+from vla.scripts.train import TrainConfig, run
+from vla.scripts.train_tokenizer import TokenizerTrainConfig, train_tokenizer
+from vla.tokenizer.fsq import FSQAutoencoder
+from vla.training import OptimConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_TRAIN = ROOT / "configs" / "train" / "cot_vla_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_episodes=2, length=16)
+
+
+def test_windows_follow_delta_timestamps(synth):
+    cfg = CotVlaConfig.tiny()
+    ds = make_dataset(DatasetConfig(repo_id="local/synthetic", root=str(synth)), cfg)
+    item = ds[3]  # episode 0, frame 3
+    assert item[OBS_AGENTVIEW].shape == (2, 3, 32, 32)
+    assert item[ACTION].shape == (10, 7)
+    full = ds.hf_dataset.with_format("numpy")
+    np.testing.assert_allclose(item[ACTION].numpy(), np.stack(full[ACTION][3:13]), atol=1e-6)
+    later = make_dataset(DatasetConfig(repo_id="local/synthetic", root=str(synth)))[3 + cfg.subgoal_offset]
+    torch.testing.assert_close(item[OBS_AGENTVIEW][1], later[OBS_AGENTVIEW])  # subgoal = frame t+k
+    end = ds[14]  # near the episode end: actions padded, subgoal clamped to the last frame
+    assert end["action_is_pad"].tolist() == [False, False] + [True] * 8
+    batch = to_policy_batch(torch.utils.data.default_collate([item, end]), cfg, "cpu")
+    assert batch[SUBGOAL_IMAGE].shape == (2, 3, 32, 32)
+    assert batch[OBS_AGENTVIEW].shape == (2, 3, 32, 32)
+    stats = compute_norm_stats(ds)
+    assert stats.action_q01[6] == -1.0
+    assert stats.action_q99[6] == 1.0
+    with pytest.raises(ValueError, match="control_hz"):
+        make_dataset(
+            DatasetConfig(repo_id="local/synthetic", root=str(synth)), CotVlaConfig.tiny(control_hz=10)
+        )
+
+
+def test_tokenizer_training_improves_psnr(synth, tmp_path):
+    torch.manual_seed(0)
+    cfg = TokenizerTrainConfig(
+        dataset=DatasetConfig(repo_id="local/synthetic", root=str(synth)),
+        tokenizer=CotVlaConfig.tiny().tokenizer,
+        output_dir=str(tmp_path),
+        steps=150,
+        batch_size=16,
+        num_workers=0,
+        lr=2e-3,
+    )
+    report = train_tokenizer(cfg)
+    untrained = FSQAutoencoder(cfg.tokenizer)
+    x = torch.rand(4, 3, 32, 32)
+    assert report["psnr_train"] > 20, report
+    assert report["psnr_heldout"] > 15, report
+    assert json.loads((tmp_path / "report.json").read_text())["psnr_heldout"] == report["psnr_heldout"]
+    tok = FSQAutoencoder.from_pretrained(tmp_path / "tokenizer")
+    assert not torch.equal(tok.encode(x), untrained.encode(x))
+
+
+def test_vla_train_run_checkpoint_and_resume(synth, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        f"--dataset.root={synth}",
+        "--dataset.repo_id=local/synthetic",
+        f"--output_dir={out}",
+        "--optim.steps=6",
+        "--optim.warmup_steps=2",
+        "--save_every=3",
+        "--log_every=3",
+        "--tokenizer_steps=20",
+        "--tensorboard=false",
+    ]
+    cfg = draccus.parse(TrainConfig, config_path=str(TINY_TRAIN), args=args)
+    run(cfg)
+    ckpt = out / "checkpoints" / "last" / "pretrained_model"
+    assert (out / "checkpoints" / "last").resolve().name == "000006"
+    assert (out / "tokenizer" / "tokenizer" / "model.safetensors").is_file()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [3, 6]
+    assert all(np.isfinite(x["loss"]) for x in lines)
+    pol = vla.load_policy(ckpt)
+    assert pol.policy.norm_stats().action_q99[0] > 0.9  # dataset statistics travelled with the checkpoint
+    obs = {
+        "observation.images.agentview": np.zeros((32, 32, 3), np.uint8),
+        "observation.images.wrist": np.zeros((32, 32, 3), np.uint8),
+        "observation.state": np.zeros(8, np.float32),
+        "task": "move the square to the right",
+    }
+    assert pol.infer(obs)["actions"].shape == (10, 7)
+    with pytest.raises(FileExistsError, match="resume"):
+        run(cfg)
+    cfg2 = draccus.parse(
+        TrainConfig, config_path=str(TINY_TRAIN), args=[*args, "--optim.steps=9", "--resume=true"]
+    )
+    run(cfg2)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [3, 6, 9]
+    state = json.loads((out / "checkpoints" / "last" / "training_state" / "training_state.json").read_text())
+    assert state["step"] == 9
+    assert state["scheduler"]["last_epoch"] == 9
+
+
+@pytest.mark.parametrize(
+    ("variant", "steps"),
+    [({}, 150), ({"use_cot": False, "action_head": "continuous"}, 300)],
+    ids=["cot", "nocot-l1"],
+)
+def test_overfits_one_short_episode(synth, variant, steps):
+    """Fit every frame of one 16-step episode; actions (and subgoal codes) must be reproduced."""
+    torch.manual_seed(0)
+    cfg = CotVlaConfig.tiny(**variant)
+    ds = make_dataset(DatasetConfig(repo_id="local/synthetic", root=str(synth), episodes=[0]), cfg)
+    batch = to_policy_batch(torch.utils.data.default_collate([ds[i] for i in range(len(ds))]), cfg, "cpu")
+    policy = cfg.build()
+    policy.set_normalization(compute_norm_stats(ds))
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, OptimConfig(lr=3e-3, warmup_steps=10, steps=steps).lr_factor
+    )
+    for _ in range(steps):
+        loss, logs = policy(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    policy.eval()
+    _, logs = policy(batch)
+    assert logs["action_l1"] < 0.06, logs
+    pred = policy.generate(batch)
+    err = (pred["actions"] - batch[ACTION]).abs()[~batch["action_is_pad"]]
+    assert err.mean() < 0.06, err.mean()
+    if cfg.use_cot:
+        assert logs["subgoal_acc"] > 0.9, logs
+        codes = policy.subgoal_codes(batch[SUBGOAL_IMAGE])
+        assert (pred["codes"] == codes).float().mean() > 0.8
+
+
+def _yaml_presets() -> list[Path]:
+    return sorted([*ROOT.glob("configs/policy/*.yaml"), *ROOT.glob("configs/train/*.yaml")])
+
+
+@pytest.mark.parametrize("path", _yaml_presets(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_yaml_preset_parses_and_builds(path):
+    if path.parent.name == "policy":
+        cfg = draccus.parse(PolicyConfig, config_path=str(path), args=[])
+        policy_cfg = cfg
+    elif path.name.startswith("tokenizer"):
+        cfg = draccus.parse(TokenizerTrainConfig, config_path=str(path), args=[])
+        FSQAutoencoder(cfg.tokenizer)
+        return
+    else:
+        cfg = draccus.parse(TrainConfig, config_path=str(path), args=[])
+        policy_cfg = cfg.policy
+    torch.manual_seed(0)
+    policy = policy_cfg.build()
+    loss, _ = policy(policy_cfg.fake_batch(1))
+    assert torch.isfinite(loss)

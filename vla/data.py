@@ -1,0 +1,161 @@
+"""Training data from a LeRobotDataset: delta timestamps for the subgoal frame and the action chunk.
+
+For a policy with chunk ``h`` and subgoal offset ``k`` at ``fps``, each sample carries
+``action`` at ``t, t+1/fps, ..., t+(h-1)/fps`` (with ``action_is_pad`` past the episode end) and the
+agentview frame at ``t`` and ``t + k/fps`` (LeRobot clamps the latter to the last frame of the
+episode, which is the natural subgoal at the end of a demo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla.configs import CotVlaConfig
+from vla.constants import ACTION, ACTION_IS_PAD, OBS_AGENTVIEW, OBS_STATE, SUBGOAL_IMAGE, TASK
+from vla.normalize import NormStats
+
+
+@dataclass
+class DatasetConfig:
+    """Where the demonstrations are.
+
+    Args:
+        repo_id: LeRobot dataset id (a hub id for online users; any name for a local folder).
+        root: local dataset folder (what ``vla-collect`` wrote); ``None`` = the LeRobot cache / hub.
+        episodes: subset of episode indices; ``None`` = all.
+        video_backend: LeRobot video decoder (``torchcodec`` or ``pyav``); ``None`` = LeRobot's default.
+    """
+
+    repo_id: str = "local/embedded_goal"
+    root: str | None = None
+    episodes: list[int] | None = None
+    video_backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.root is not None and not Path(self.root).is_dir():
+            raise ValueError(
+                f"dataset.root {self.root!r} is not a folder; point it at a LeRobotDataset "
+                "(e.g. the --root of vla-collect)"
+            )
+
+
+def delta_timestamps(policy: CotVlaConfig, fps: int) -> dict[str, list[float]]:
+    """LeRobot delta timestamps for the action chunk and (with CoT) the subgoal frame."""
+    out = {ACTION: [i / fps for i in range(policy.chunk_size)]}
+    if policy.use_cot:
+        out[OBS_AGENTVIEW] = [0.0, policy.subgoal_offset / fps]
+    return out
+
+
+def make_dataset(cfg: DatasetConfig, policy: CotVlaConfig | None = None) -> Any:
+    """Open the LeRobotDataset; with ``policy``, windows follow its chunk and subgoal offset."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root)
+    missing = [
+        k
+        for k in (OBS_STATE, ACTION, *(policy.camera_keys if policy else [OBS_AGENTVIEW]))
+        if k not in meta.features
+    ]
+    if missing:
+        raise ValueError(
+            f"dataset {cfg.root or cfg.repo_id} lacks features {missing}; it has {list(meta.features)}"
+        )
+    if policy is not None and round(meta.fps) != policy.control_hz:
+        raise ValueError(
+            f"dataset fps {meta.fps} differs from policy.control_hz {policy.control_hz}; set "
+            "--policy.control_hz to the dataset's rate"
+        )
+    dts = delta_timestamps(policy, round(meta.fps)) if policy is not None else None
+    kw: dict[str, Any] = {"root": cfg.root, "episodes": cfg.episodes, "delta_timestamps": dts}
+    if cfg.video_backend:
+        kw["video_backend"] = cfg.video_backend
+    return LeRobotDataset(cfg.repo_id, **kw)
+
+
+def compute_norm_stats(dataset: Any) -> NormStats:
+    """q01/q99 of actions and mean/std of states over the (selected) frames, read from the parquet columns."""
+    hf = dataset.hf_dataset.with_format("numpy")
+    actions = np.stack(list(hf[ACTION])).astype(np.float64)
+    states = np.stack(list(hf[OBS_STATE])).astype(np.float64)
+    return NormStats.from_arrays(actions, states)
+
+
+def to_policy_batch(raw: dict[str, Any], policy: CotVlaConfig, device: torch.device | str) -> dict[str, Any]:
+    """Turn a collated LeRobot batch into the policy batch (current and subgoal frames split, on device)."""
+    batch: dict[str, Any] = {TASK: list(raw[TASK])}
+    for key in policy.camera_keys:
+        img = raw[key]
+        if key == OBS_AGENTVIEW and policy.use_cot:
+            if img.dim() != 5 or img.shape[1] != 2:
+                raise ValueError(f"expected {key} with 2 timestamps (now, subgoal), got {tuple(img.shape)}")
+            batch[SUBGOAL_IMAGE] = img[:, 1].to(device, non_blocking=True)
+            img = img[:, 0]
+        batch[key] = img.to(device, non_blocking=True)
+    batch[OBS_STATE] = raw[OBS_STATE].to(device, non_blocking=True)
+    batch[ACTION] = raw[ACTION].to(device, non_blocking=True)
+    batch[ACTION_IS_PAD] = raw.get(ACTION_IS_PAD, torch.zeros(batch[ACTION].shape[:2], dtype=torch.bool)).to(
+        device
+    )
+    return batch
+
+
+def make_synthetic_dataset(
+    root: str | Path,
+    *,
+    n_episodes: int = 2,
+    length: int = 16,
+    image_size: int = 32,
+    fps: int = 20,
+    seed: int = 0,
+    repo_id: str = "local/synthetic",
+) -> Path:
+    """Write a small LeRobotDataset of a moving square (no simulator) for tests and smoke runs.
+
+    The square's position is the first two state dimensions; the action's first two dimensions move it,
+    so frames, states and actions are consistent (a policy can learn the mapping).
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    img = {"dtype": "image", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
+    features = {
+        OBS_AGENTVIEW: dict(img),
+        "observation.images.wrist": dict(img),
+        OBS_STATE: {"dtype": "float32", "shape": (8,), "names": None},
+        ACTION: {"dtype": "float32", "shape": (7,), "names": None},
+    }
+    ds = LeRobotDataset.create(repo_id, fps=fps, features=features, root=root, use_videos=False)
+    rng = np.random.default_rng(seed)
+    tasks = ["move the square to the right", "move the square down"]
+    for ep in range(n_episodes):
+        pos = rng.uniform(0.2, 0.4, size=2)
+        direction = np.array([1.0, 0.0]) if ep % 2 == 0 else np.array([0.0, 1.0])
+        for t in range(length):
+            action = np.zeros(7, np.float32)
+            action[:2] = direction * (0.5 + 0.5 * np.sin(t / 3.0))
+            action[6] = 1.0 if t >= length // 2 else -1.0
+            frame = np.zeros((image_size, image_size, 3), np.uint8)
+            px = (pos * (image_size - 6)).astype(int)
+            frame[px[1] : px[1] + 6, px[0] : px[0] + 6] = (255, 60, 60) if ep % 2 == 0 else (60, 200, 255)
+            wrist = np.full((image_size, image_size, 3), int(127 + 100 * action[6]), np.uint8)
+            state = np.zeros(8, np.float32)
+            state[:2] = pos
+            state[6:] = action[6] * 0.04
+            ds.add_frame(
+                {
+                    OBS_AGENTVIEW: frame,
+                    "observation.images.wrist": wrist,
+                    OBS_STATE: state,
+                    ACTION: action,
+                    TASK: tasks[ep % 2],
+                }
+            )
+            pos = np.clip(pos + direction * action[:2].max() * 0.02, 0.0, 1.0)
+        ds.save_episode()
+    ds.finalize()
+    return Path(root)

@@ -1,0 +1,178 @@
+"""Shared training pieces: optimizer settings, warm-up + cosine schedule, metrics sinks, resumable state.
+
+Training state (optimizer moments, scheduler, step, RNG) is written with safetensors + JSON, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay (not applied to norms, biases and embeddings-like vectors).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        steps: total optimizer steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        grad_clip: max global gradient norm (0 disables clipping).
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 200
+    steps: int = 5000
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"optim.steps must be >= 1, got {self.steps}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"optim.warmup_steps ({self.warmup_steps}) must be in [0, steps={self.steps}]")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (decay on matrices only) and its LambdaLR schedule."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    return opt, sched
+
+
+class MetricsLogger:
+    """Append metrics to ``metrics.jsonl`` and, if available, TensorBoard (rank 0 only)."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Record one line of metrics."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.tb is not None:
+            self.tb.close()
+
+
+def save_training_state(path: Path, step: int, opt: torch.optim.Optimizer, sched: Any) -> None:
+    """Write optimizer moments (safetensors) and step/schedule/RNG (JSON) into ``path``."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, float]] = {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val) and val.dim() > 0:
+                tensors[f"{idx}.{name}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = float(val)
+    fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
+    os.close(fd)
+    save_file(tensors, tmp)
+    os.replace(tmp, path / "optimizer.safetensors")
+    meta = {
+        "step": step,
+        "param_groups": sd["param_groups"],
+        "scalars": scalars,
+        "scheduler": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"},
+        "torch_rng": torch.get_rng_state().tolist(),
+        "numpy_rng": np.random.get_state()[1].tolist(),
+        "python_rng": random.getstate()[1][:625],
+    }
+    fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, path / "training_state.json")
+
+
+def load_training_state(path: Path, opt: torch.optim.Optimizer, sched: Any) -> int:
+    """Restore what :func:`save_training_state` wrote; returns the step to continue from."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "training_state.json").read_text())
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = val
+    for idx, sc in meta["scalars"].items():
+        for name, val in sc.items():
+            state.setdefault(int(idx), {})[name] = torch.tensor(val)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({**sched.state_dict(), **meta["scheduler"]})
+    torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+    np.random.set_state(("MT19937", np.array(meta["numpy_rng"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, (*meta["python_rng"][:624], 624), None))
+    return int(meta["step"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device=cpu or auto")
+    return torch.device(device)
+
+
+def infinite(loader: Any) -> Any:
+    """Cycle a DataLoader forever (re-shuffling each epoch, setting a DistributedSampler's epoch)."""
+    epoch = 0
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
