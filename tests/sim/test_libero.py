@@ -1,0 +1,286 @@
+"""LIBERO through hf-libero: offline setup, suites, official init states, env contract, scripted expert."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim import libero_setup
+from tests.utils import require_libero
+
+pytestmark = [pytest.mark.sim, pytest.mark.libero, require_libero]
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMITS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
+
+
+# -- setup: config file and assets ---------------------------------------------------------------
+
+
+def test_config_written_atomically_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path / "cfg"))
+    root = libero_setup.libero_benchmark_root()
+    assert root is not None
+    path = libero_setup.write_config(root)
+    assert path == tmp_path / "cfg" / "config.yaml"
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text())
+    assert list(cfg) == list(libero_setup.CONFIG_KEYS)
+    assert Path(cfg["bddl_files"], "libero_spatial").is_dir()
+    assert Path(cfg["init_states"], "libero_object").is_dir()
+    # Idempotent: an existing file (possibly edited by the user) is kept unless forced.
+    path.write_text("benchmark_root: /elsewhere\n")
+    libero_setup.write_config(root)
+    assert path.read_text() == "benchmark_root: /elsewhere\n"
+    libero_setup.write_config(root, force=True)
+    assert yaml.safe_load(path.read_text())["benchmark_root"] == str(root)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def _import_libero(config_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIBERO_CONFIG_PATH": str(config_dir)}
+    return subprocess.run(
+        [sys.executable, "-c", "import libero.libero"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_setup_command_lets_libero_import_without_a_prompt(tmp_path):
+    # Without the config, hf-libero asks on stdin (EOFError with no stdin): the trap we remove.
+    bare = _import_libero(tmp_path / "bare")
+    assert bare.returncode != 0
+    assert "EOFError" in bare.stderr
+    cfg_dir = tmp_path / "cfg"
+    env = {**os.environ, "LIBERO_CONFIG_PATH": str(cfg_dir)}
+    for _ in range(2):  # idempotent and quiet
+        out = subprocess.run(
+            [sys.executable, "-m", "sim.libero_setup"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == ""
+    assert (cfg_dir / "config.yaml").is_file()
+    ok = _import_libero(cfg_dir)
+    assert ok.returncode == 0, ok.stderr
+
+
+def _fake_assets(folder: Path) -> Path:
+    for entry in libero_setup.REQUIRED_ASSET_ENTRIES:
+        p = folder / entry
+        if p.suffix:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("<mujoco/>")
+        else:
+            p.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_assets_env_var_must_be_complete(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLA_LIBERO_ASSETS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"scenes/libero_tabletop_base_style\.xml"):
+        libero_setup.resolve_local_assets()
+    _fake_assets(tmp_path)
+    assert libero_setup.resolve_local_assets() == tmp_path.resolve()
+
+
+def test_link_assets_symlinks_and_retargets(tmp_path):
+    pkg = tmp_path / "libero"
+    pkg.mkdir()
+    a, b = _fake_assets(tmp_path / "a"), _fake_assets(tmp_path / "b")
+    link = libero_setup.link_assets(pkg, a)
+    assert link == pkg / "assets"
+    assert link.is_symlink()
+    assert link.resolve() == a
+    assert libero_setup.link_assets(pkg, a) == link  # no-op
+    libero_setup.link_assets(pkg, b)
+    assert (pkg / "assets").resolve() == b
+    # A real asset folder installed by the user is never replaced.
+    (pkg / "assets").unlink()
+    (pkg / "assets").mkdir()
+    libero_setup.link_assets(pkg, a)
+    assert not (pkg / "assets").is_symlink()
+
+
+def test_installed_setup_points_hf_libero_at_local_assets():
+    assets = libero_setup.ensure_libero_ready()
+    if assets is None:
+        pytest.skip("no local LIBERO assets (online users get the hub download)")
+    import libero.libero as L
+
+    assert not libero_setup.missing_asset_entries(Path(L.get_assets_path()))
+    assert Path(L.get_assets_path()).resolve() == assets.resolve()
+
+
+# -- suites and init states ------------------------------------------------------------------
+
+
+def test_suites_match_hf_libero_benchmark():
+    from libero.libero import benchmark
+
+    from sim.suites import get_suite
+
+    for name, limit in LIMITS.items():
+        suite = get_suite(name)
+        bench = benchmark.get_benchmark_dict()[name]()
+        assert len(suite.tasks) == bench.get_num_tasks() == 10
+        for i, task in enumerate(suite.tasks):
+            assert task.name == bench.get_task(i).name
+            assert task.instruction == bench.get_task(i).language
+            assert (task.max_steps, task.wait_steps) == (limit, 10)
+            assert Path(task.extra["bddl_file"]).is_file()
+
+
+def test_unknown_names_list_known_ones():
+    from sim.suites import get_suite, make_env
+
+    suite = get_suite("libero_object")
+    with pytest.raises(ValueError, match="pick_up_the_alphabet_soup_and_place_it_in_the_basket") as e:
+        suite.task("pick_up_the_alphabet_soup")
+    assert "Did you mean" in str(e.value)
+    with pytest.raises(ValueError, match="libero_spatial"):
+        get_suite("libero_spacial")
+    with pytest.raises(ValueError, match="out of range"):
+        make_env("libero_goal", 10)
+
+
+# -- the env -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def object_env():
+    """libero_object task 0 without rendering (the expert needs no cameras)."""
+    from sim.configs import RenderConfig
+    from sim.suites import make_env
+
+    env = make_env("libero_object", 0, RenderConfig.off())
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def rendered_env():
+    """libero_object task 1 with both cameras at 64x64."""
+    from sim.configs import RenderConfig
+    from sim.suites import make_env
+
+    task = "pick_up_the_cream_cheese_and_place_it_in_the_basket"
+    env = make_env("libero_object", task, RenderConfig.tiny())
+    yield env
+    env.close()
+
+
+def test_init_states_are_the_official_files(object_env):
+    import torch
+    from libero.libero import get_libero_path
+
+    task = object_env.task
+    path = Path(get_libero_path("init_states"), "libero_object", task.extra["init_states_file"])
+    official = np.asarray(torch.load(path, weights_only=False))
+    assert object_env.init_states.shape == official.shape == (50, official.shape[1])
+    np.testing.assert_array_equal(object_env.init_states, official)
+    # Init state i is official state i: right after restoring it (before wait steps), qpos matches.
+    object_env._restore_state(object_env.init_states[7])
+    sim = object_env.rs_env.sim
+    np.testing.assert_allclose(sim.data.qpos, official[7][1 : 1 + sim.model.nq])
+
+
+def test_reset_step_contract_and_determinism(rendered_env):
+    obs, info = rendered_env.reset(options={"init_state": 3})
+    assert info == {"init_state": 3, "success": False}
+    for key in ("observation.images.agentview", "observation.images.wrist"):
+        img = obs[key]
+        assert img.shape == (64, 64, 3)
+        assert img.dtype == np.uint8
+        assert img.std() > 5
+    assert obs["observation.state"].shape == (8,)
+    assert obs["task"] == "pick up the cream cheese and place it in the basket"
+    assert rendered_env.observation_space.contains(obs)
+    # Upright: robosuite renders bottom-up (OpenGL); the observation is that frame flipped once.
+    raw = rendered_env.rs_env.sim.render(width=64, height=64, camera_name="agentview")
+    np.testing.assert_array_equal(obs["observation.images.agentview"], raw[::-1])
+    obs2, _ = rendered_env.reset(options={"init_state": 3})
+    np.testing.assert_array_equal(obs["observation.state"], obs2["observation.state"])
+    np.testing.assert_array_equal(obs["observation.images.agentview"], obs2["observation.images.agentview"])
+    other, _ = rendered_env.reset(options={"init_state": 4})
+    assert not np.array_equal(other["observation.images.agentview"], obs["observation.images.agentview"])
+    a = np.zeros(7, np.float32)
+    a[2] = 1.0  # move up
+    z0 = other["observation.state"][2]
+    for _ in range(5):
+        obs, reward, term, trunc, info = rendered_env.step(a)
+    assert obs["observation.state"][2] > z0 + 0.02
+    assert (reward, term, trunc, info["success"]) == (0.0, False, False, False)
+    with pytest.raises(ValueError, match="non-finite"):
+        rendered_env.step(np.full(7, np.nan))
+
+
+def test_expert_solves_libero_object_and_success_follows_state(object_env):
+    from sim.experts import make_expert
+
+    obs, _ = object_env.reset(options={"init_state": 0})
+    expert = make_expert(object_env)
+    expert.reset()
+    for _ in range(object_env.task.max_steps):
+        obs, reward, term, trunc, info = object_env.step(expert.infer(obs)["actions"][0])
+        if term or trunc:
+            break
+    assert term
+    assert info["success"]
+    assert reward == 1.0
+    # Success is a function of the simulator state: restore the solved state onto a fresh episode.
+    solved = object_env.rs_env.sim.get_state().flatten()
+    object_env.reset(options={"init_state": 0})
+    assert not object_env.is_success()
+    object_env.rs_env.sim.set_state_from_flattened(solved)
+    object_env.rs_env.sim.forward()
+    assert object_env.is_success()
+    soup = object_env.privileged()["objects"]["objects"]["alphabet_soup_1"]["pos"]
+    basket = object_env.privileged()["objects"]["sites"]["basket_1_contain_region"]["pos"]
+    assert np.linalg.norm(soup[:2] - basket[:2]) < 0.08
+
+
+def test_expert_solves_libero_spatial():
+    from sim.configs import RenderConfig
+    from sim.experts import make_expert
+    from sim.suites import make_env
+
+    env = make_env("libero_spatial", 0, RenderConfig.off())
+    try:
+        obs, _ = env.reset(options={"init_state": 11})
+        expert = make_expert(env)
+        expert.reset()
+        info = {"success": False}
+        for _ in range(env.task.max_steps):
+            obs, _, term, trunc, info = env.step(expert.infer(obs)["actions"][0])
+            if term or trunc:
+                break
+        assert info["success"], f"expert failed, last phase {expert.phase_name}"
+    finally:
+        env.close()
+
+
+def test_expert_refuses_non_pick_and_place_goal():
+    from sim.configs import RenderConfig
+    from sim.experts import make_expert
+    from sim.suites import make_env
+
+    env = make_env("libero_goal", "turn_on_the_stove", RenderConfig.off())
+    try:
+        with pytest.raises(ValueError, match="turnon"):
+            make_expert(env)
+    finally:
+        env.close()
