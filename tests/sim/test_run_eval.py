@@ -207,3 +207,40 @@ def test_two_ray_workers_match_in_process(tmp_path):
         {k: e[k] for k in keys} for e in two["episodes"]
     ]
     assert two["num_workers"] == 2
+
+
+def test_checkpoint_directory_policy(tmp_path):
+    """A checkpoint directory loads through vla.load_policy; its n_action_steps drives replanning."""
+    pytest.importorskip("torch")
+    from vla import make_tiny_checkpoint
+
+    from sim.run_eval import evaluate
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt", seed=0)
+    res = evaluate(_cfg(tmp_path, policy=str(ckpt), episodes=1, max_steps=4, video=True))
+    meta = res["policy_metadata"]
+    assert res["policy_id"] == meta["model_id"]
+    assert res["protocol"]["replan_every"] == meta["n_action_steps"]
+    assert res["episodes"][0]["steps"] == 4
+    assert "torch" in res["versions"]
+    import imageio.v3 as iio
+
+    frames = iio.imread(res["episodes"][0]["video"])
+    n_panels = 3 if meta["use_cot"] else 2
+    assert frames.shape[2] == 64 * n_panels
+
+
+def test_bad_policy_specs():
+    from sim.policies import make_policy, validate_spec
+
+    with pytest.raises(ValueError, match="random:<seed>"):
+        validate_spec("randomly")
+    with pytest.raises(ValueError, match="integer"):
+        validate_spec("random:abc")
+    with pytest.raises(ValueError, match="needs the env"):
+        make_policy("expert")
+    pol = make_policy("random:7")
+    a = pol.infer({})["actions"]
+    pol.reset()
+    assert a.shape == (10, 7) and a.dtype == np.float32 and np.abs(a).max() <= 1.0
+    np.testing.assert_array_equal(pol.infer({})["actions"], a)  # reset re-seeds
