@@ -243,7 +243,7 @@ def default_config(block_size: int, head_dim: int, dtype: torch.dtype) -> dict[s
         return {"block_n": 64, "num_warps": 4, "num_stages": 3}
     if dtype == torch.float32:
         return {"block_n": 32, "num_warps": 8, "num_stages": 2}
-    return {"block_n": 64 if head_dim == 128 else 128, "num_warps": 8, "num_stages": 3}
+    return {"block_n": 128, "num_warps": 8, "num_stages": 3}
 
 
 def block_sparse_attn_fwd(

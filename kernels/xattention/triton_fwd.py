@@ -74,7 +74,7 @@ def _xattn_score_fwd_kernel(
     for start in range(0, n_cols, BLOCK_N):
         cols = start + offs_n
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for s in tl.static_range(STRIDE):
+        for s in range(STRIDE):  # a runtime loop: the pipeliner stages one (q, k) pair at a time
             tq = rows * STRIDE + (STRIDE - 1 - s)
             tk = cols * STRIDE + s
             qs = tl.load(
