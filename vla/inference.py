@@ -133,18 +133,27 @@ class InferencePolicy:
             t0 = time.perf_counter()
             batch = self._to_batch(obs_list)
             use_amp = self.device.type == "cuda"
+            stages: dict[str, float] = {}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                res = self.policy.generate(batch)
+                res = self.policy.generate(batch, stage_ms=stages)
                 images = None
                 if "codes" in res:
+                    t1 = time.perf_counter()
                     images = self.policy.decode_subgoal(res["codes"]).float()
+                    if use_amp:
+                        torch.cuda.synchronize(self.device)
+                    stages["subgoal_image"] = (time.perf_counter() - t1) * 1e3
             actions = res["actions"].float().clamp(ACTION_LOW, ACTION_HIGH).cpu().numpy().astype(np.float32)
             out = [{"actions": actions[i]} for i in range(len(obs_list))]
             if images is not None:
                 imgs = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 for i, o in enumerate(out):
                     o["subgoal_image"] = imgs[i]
-            self.last_timing = {"infer_ms": (time.perf_counter() - t0) * 1e3, "batch": len(obs_list)}
+            self.last_timing = {
+                "infer_ms": (time.perf_counter() - t0) * 1e3,
+                "batch": len(obs_list),
+                **{f"{k}_ms": v for k, v in stages.items()},
+            }
         return out
 
 

@@ -171,3 +171,21 @@ def test_yaml_preset_parses_and_builds(path):
     policy = policy_cfg.build()
     loss, _ = policy(policy_cfg.fake_batch(1))
     assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_ray_torchtrainer_two_cpu_workers(synth, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    out = tmp_path / "ray_run"
+    args = [f"--dataset.root={synth}", "--dataset.repo_id=local/synthetic", f"--output_dir={out}",
+            "--optim.steps=4", "--optim.warmup_steps=1", "--log_every=2", "--tokenizer_steps=5",
+            "--distributed.num_workers=2", "--distributed.use_gpu=false", "--tensorboard=false"]
+    import ray
+
+    try:
+        run(draccus.parse(TrainConfig, config_path=str(TINY_TRAIN), args=args))
+    finally:
+        ray.shutdown()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4]
+    assert vla.load_policy(out / "checkpoints" / "last" / "pretrained_model").metadata["chunk_size"] == 10

@@ -264,8 +264,12 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     if cfg.distributed.num_workers == 1:
         return train_loop(cfg)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=True)
 
     trainer = TorchTrainer(
         _ray_worker,

@@ -16,6 +16,7 @@ The subgoal is generated greedily with the decoder's static KV cache: one prefil
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,27 @@ class Layout:
         m = torch.ones(self.total, self.total, dtype=torch.bool, device=device).tril()
         m[self.act_start :, self.act_start :] = True
         return m
+
+
+class _StageClock:
+    """Record device-synchronised lap times (ms) into a dict; a no-op when the dict is ``None``."""
+
+    def __init__(self, out: dict[str, float] | None, device: torch.device) -> None:
+        self.out, self.device = out, device
+        self.t = self._now()
+
+    def _now(self) -> float:
+        if self.out is None:
+            return 0.0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.out is not None:
+            now = self._now()
+            self.out[name] = (now - self.t) * 1e3
+            self.t = now
 
 
 class CotVlaPolicy(Policy):
@@ -270,20 +292,26 @@ class CotVlaPolicy(Policy):
         return x.view(b, self.config.chunk_size, self.config.action_dim)
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], use_cache: bool = True) -> dict[str, Tensor]:
+    def generate(
+        self, batch: dict[str, Any], use_cache: bool = True, stage_ms: dict[str, float] | None = None
+    ) -> dict[str, Tensor]:
         """Greedy subgoal codes, then the action chunk.
 
         Args:
             batch: observation batch (no actions needed).
             use_cache: decode with the static KV cache; ``False`` recomputes the full sequence at every
                 step (the reference the cache is tested against).
+            stage_ms: if given, filled with wall times (ms, device-synchronised) of ``encoders``,
+                ``subgoal`` (code generation) and ``actions`` (the parallel action pass).
 
         Returns:
             ``actions_norm`` `(B, h, A)` in [-1, 1], ``actions`` raw `(B, h, A)`, and with CoT
             ``codes`` `(B, N)`.
         """
         cfg, lay = self.config, self.layout
+        clock = _StageClock(stage_ms, self.cam_embed.device)
         prefix, valid = self.embed_prefix(batch)
+        clock.lap("encoders")
         b, dt = prefix.shape[0], prefix.dtype
         res: dict[str, Tensor] = {}
         if not cfg.use_cot:
@@ -304,6 +332,7 @@ class CotVlaPolicy(Policy):
                     self._mask(valid, slice(pos, pos + 1), pos + 1),
                 )
                 codes.append(self.code_head(h[:, -1]).argmax(-1))
+            clock.lap("subgoal")
             pos = lay.boi + lay.n_codes
             x = torch.cat(
                 [
@@ -324,12 +353,14 @@ class CotVlaPolicy(Policy):
                 h = self.backbone(seq, self._mask(valid, slice(0, t), t))
                 codes.append(self.code_head(h[:, -1]).argmax(-1))
                 seq = torch.cat([seq, self.code_embed(codes[-1])[:, None].to(dt)], 1)
+            clock.lap("subgoal")
             seq = torch.cat([seq, self.eoi.expand(b, 1, -1).to(dt), self._queries(b).to(dt)], 1)
             h = self.backbone(seq, self._mask(valid, slice(None), lay.total))
             act = self._decode_actions(h[:, lay.act_start :])
             res["codes"] = torch.stack(codes, 1)
         res["actions_norm"] = act
         res["actions"] = unnormalize_actions(act, self.action_q01, self.action_q99)
+        clock.lap("actions")
         return res
 
     @override
