@@ -162,7 +162,7 @@ def policy_metadata(policy: Any) -> dict[str, Any]:
 
 
 def policy_id(policy: Any, spec: str) -> str:
-    """A stable name of the policy for results: its metadata's ``policy_id`` or ``model_id``, else the spec."""
+    """Name of the policy for results: metadata ``policy_id`` or ``model_id``, else the spec."""
     meta = policy_metadata(policy)
     return str(meta.get("policy_id") or meta.get("model_id") or meta.get("name") or spec)
 

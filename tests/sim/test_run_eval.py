@@ -212,9 +212,8 @@ def test_two_ray_workers_match_in_process(tmp_path):
 def test_checkpoint_directory_policy(tmp_path):
     """A checkpoint directory loads through vla.load_policy; its n_action_steps drives replanning."""
     pytest.importorskip("torch")
-    from vla import make_tiny_checkpoint
-
     from sim.run_eval import evaluate
+    from vla import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", seed=0)
     res = evaluate(_cfg(tmp_path, policy=str(ckpt), episodes=1, max_steps=4, video=True))
@@ -242,5 +241,7 @@ def test_bad_policy_specs():
     pol = make_policy("random:7")
     a = pol.infer({})["actions"]
     pol.reset()
-    assert a.shape == (10, 7) and a.dtype == np.float32 and np.abs(a).max() <= 1.0
+    assert a.shape == (10, 7)
+    assert a.dtype == np.float32
+    assert np.abs(a).max() <= 1.0
     np.testing.assert_array_equal(pol.infer({})["actions"], a)  # reset re-seeds
