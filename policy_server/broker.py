@@ -7,7 +7,9 @@ keeps the two apart and hides the server's latency:
 * when ``prefetch_steps`` or fewer executable actions are left, it sends the newest observation to the
   policy in a background thread;
 * a chunk computed from the observation of step ``s`` that arrives at step ``t`` is used from its index
-  ``t - s`` on, so actions line up with the steps they were planned for;
+  ``t - s`` on, so actions line up with the steps they were planned for; its executed horizon counts
+  from ``s`` (steps ``s .. s + n_action_steps - 1``), so with a latency of ``d`` steps and
+  ``prefetch_steps = d`` a new chunk is requested every ``n_action_steps - d`` steps;
 * for the first ``blend_steps`` steps after a switch, the outgoing and incoming chunks are mixed with a
   linear ramp, so the arm does not jump at chunk boundaries;
 * when the executed horizon runs out and no fresh chunk has come within ``max_wait_s``, it holds the
@@ -171,10 +173,12 @@ class ActionChunkBroker:
         with self._lock:
             self._collect(block_s=0.0)
             if self._plan is None:
-                # Episode start: nothing to hold yet, so wait for the first chunk.
-                if self._pending is None:
-                    self._submit(obs)
-                self._collect(block_s=self.first_timeout_s)
+                # Episode start: nothing to hold yet, so wait for the first chunk (retrying failures).
+                give_up = time.monotonic() + self.first_timeout_s
+                while self._plan is None and time.monotonic() < give_up:
+                    if self._pending is None:
+                        self._submit(obs)
+                    self._collect(block_s=max(0.0, give_up - time.monotonic()))
                 if self._plan is None:
                     raise RuntimeError(
                         f"no action chunk within {self.first_timeout_s}s at episode start "

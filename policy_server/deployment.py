@@ -20,6 +20,7 @@ thread, so the event loop keeps serving while the model computes.
 import asyncio
 import hmac
 import importlib
+import json
 import logging
 import time
 import uuid
@@ -80,6 +81,7 @@ class ReadyResponse(BaseModel):
     ready: bool
     model_id: str | None = None
     warmup_ms: float | None = None
+    replica: str | None = Field(default=None, description="Id of the replica that answered.")
 
 
 class MetadataResponse(BaseModel, extra="allow"):
@@ -128,6 +130,10 @@ fastapi_app = FastAPI(
 
 def _error_response(err: PolicyServerError) -> JSONResponse:
     return JSONResponse(err.to_payload(), status_code=err.status)
+
+
+def _json_text(err: PolicyServerError) -> str:
+    return json.dumps(err.to_payload())
 
 
 def _import_loader(path: str) -> Any:
@@ -373,8 +379,17 @@ class PolicyDeployment:
     @fastapi_app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def readyz(self) -> JSONResponse:
         """Readiness: 200 once the model is loaded and warmed up, 503 before."""
-        body = ReadyResponse(ready=self._ready, model_id=self.model_id, warmup_ms=self._warmup_ms)
+        body = ReadyResponse(
+            ready=self._ready, model_id=self.model_id, warmup_ms=self._warmup_ms, replica=self._replica_id()
+        )
         return JSONResponse(body.model_dump(), status_code=200 if self._ready else 503)
+
+    @staticmethod
+    def _replica_id() -> str | None:
+        try:
+            return str(serve.get_replica_context().replica_id.unique_id)
+        except Exception:  # outside a Serve replica (the class used directly)
+            return None
 
     def metadata_dict(self) -> dict[str, Any]:
         """The policy's metadata plus the contract the server enforces (JSON-able)."""
@@ -447,7 +462,7 @@ class PolicyDeployment:
         except WebSocketDisconnect:
             return
         except Exception as e:  # the proxy went away (shutdown, node loss): nothing left to answer
-            logger.info("websocket closed: %s", type(e).__name__)
+            logger.info("websocket closed: %r", e, exc_info=not isinstance(e, OSError | ConnectionError))
 
     async def _ws_one(self, data: bytes, t_recv: float) -> bytes | PolicyServerError:
         timing: dict[str, float] = {}
@@ -465,17 +480,14 @@ class PolicyDeployment:
             return InternalServerError(f"internal error ({type(e).__name__}); see server logs")
 
 
-def _json_text(err: PolicyServerError) -> str:
-    import json
-
-    return json.dumps(err.to_payload())
-
-
-def build_deployment(cfg: ServeConfig) -> Any:
+def build_deployment(cfg: ServeConfig, user_config: dict[str, Any] | None = None) -> Any:
     """Bind :class:`PolicyDeployment` with replicas, resources, queues and batching taken from ``cfg``.
 
     Args:
         cfg: The server config (its API key is resolved here, in the driver).
+        user_config: Run-time settings to use instead of ``cfg``'s (``max_batch_size``,
+            ``batch_wait_timeout_s``, ``deadline_s``). Redeploying the same ``cfg`` with another
+            ``user_config`` calls ``reconfigure`` on the running replicas instead of restarting them.
 
     Returns:
         A bound Ray Serve ``Application``.
@@ -486,7 +498,7 @@ def build_deployment(cfg: ServeConfig) -> Any:
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
         "health_check_period_s": d.health_check_period_s,
-        "user_config": cfg.user_config(),
+        "user_config": {**cfg.user_config(), **(user_config or {})},
     }
     if d.autoscaling.enabled:
         opts["autoscaling_config"] = {

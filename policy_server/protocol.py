@@ -8,7 +8,7 @@ Encoding (byte-compatible with ``openpi_client.msgpack_numpy``, so openpi client
   b"dtype": <dtype.str, e.g. "<f4">, b"shape": [..]}``;
 * a numpy scalar becomes ``{b"__npgeneric__": True, b"data": <python value>, b"dtype": <dtype.str>}``;
 * everything else is plain msgpack (str, bytes, int, float, bool, None, lists, maps; tuples come back as
-  lists).
+  lists; ``np.float64`` / ``np.str_`` scalars subclass float / str and so arrive as plain float / str).
 
 Unlike a bare ``np.ndarray(buffer=...)`` decode, :func:`unpackb` checks every array header before it
 touches the data: only bool / int / uint / float / str / bytes dtypes (no object, void, complex or datetime

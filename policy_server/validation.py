@@ -229,7 +229,8 @@ def _check_state(state: Any, dim: int, meta: RequestMeta) -> np.ndarray:
         )
     if state.shape != (dim,):
         raise _fail(f"{STATE_KEY!r} has shape {state.shape}; this checkpoint expects ({dim},)", meta)
-    out = state.astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
+        out = state.astype(np.float32)
     bad = ~np.isfinite(out)
     if bad.any():
         idx = np.flatnonzero(bad).tolist()
