@@ -283,12 +283,11 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
     if sweep and name == "diffuse":
         for fp8 in (False, True):
             for bm, bn, nw, ns in (
-                (128, 64, 8, 3),
                 (128, 128, 8, 3),
-                (128, 128, 8, 2),
-                (64, 128, 4, 3),
-                (64, 64, 4, 3),
-                (256, 64, 8, 2),
+                (128, 256, 8, 3),
+                (128, 256, 8, 2),
+                (64, 256, 4, 3),
+                (256, 128, 8, 2),
             ):
                 c = {"block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns, "fp8": int(fp8)}
                 try:

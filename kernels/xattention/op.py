@@ -117,6 +117,7 @@ def xattention_prefill(
     head_type: Tensor | None = None,
     sink: int = 128,
     local: int = 4096,
+    fp8_scoring: bool = False,
     impl: Literal["auto", "triton", "reference"] = "auto",
 ) -> Tensor:
     """XAttention prefill: select blocks, then block-sparse attention (streaming heads in the same launch).
@@ -126,13 +127,22 @@ def xattention_prefill(
         stride, tau, block_size, scale, causal: as in :func:`xattn_select`.
         head_type: optional `(Hq,)` int, 1 marks streaming heads (sink + local, no scoring needed).
         sink, local: streaming-head window in tokens.
+        fp8_scoring: score in float8 e4m3 on the Triton path (faster on Hopper; see README).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` for both stages.
 
     Returns:
         `(B, Tq, Hq, D)`.
     """
     index, _ = xattn_select(
-        q, k, stride=stride, tau=tau, block_size=block_size, scale=scale, causal=causal, impl=impl
+        q,
+        k,
+        stride=stride,
+        tau=tau,
+        block_size=block_size,
+        scale=scale,
+        causal=causal,
+        impl=impl,
+        config={"fp8": 1} if fp8_scoring else None,
     )
     return block_sparse_attn(
         q,
