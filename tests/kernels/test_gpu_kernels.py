@@ -12,7 +12,7 @@ from kernels.block_sparse_attention import (
     block_sparse_attn_ref,
     index_to_mask,
 )
-from kernels.testing import assert_close, needles_kept, structured_qkv
+from kernels.testing import assert_close, needles_kept, rel_rms, structured_qkv
 from kernels.xattention import antidiagonal_block_mass_ref, xattn_select, xattn_select_ref
 from tests.utils import require_cuda
 
@@ -77,3 +77,14 @@ def test_bf16_needles_kept_at_32k(device):
         mask = index_to_mask(index, 256)
         assert needles_kept(needles, mask, 128) == 1.0
         assert mask.float().mean().item() < 0.25
+
+
+def test_fp8_scoring_tracks_bf16_reference(device):
+    torch.manual_seed(5)
+    q, k, _, needles = structured_qkv(1, 8192, 8, 8, 128, dtype=torch.bfloat16, device=device, seed=5)
+    index, mass = xattn_select(q, k, stride=16, tau=0.9, impl="triton", return_mass=True, config={"fp8": 1})
+    ref_mask, ref_mass = xattn_select_ref(q, k, stride=16, tau=0.9)
+    assert rel_rms(ref_mass, mass) < 3e-2
+    mask = index_to_mask(index, 64)
+    assert (mask != ref_mask).float().mean().item() <= 0.05
+    assert needles_kept(needles, mask, 128) == 1.0
