@@ -227,3 +227,33 @@ def test_fsq_code_roundtrip_and_sizes():
 def test_import_vla_is_light():
     code = "import sys, vla; assert 'torch' not in sys.modules, 'vla import pulled torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_text_encoder_paraphrase_cache_roundtrip(tmp_path):
+    from vla.language import TextEncoder
+
+    enc = TextEncoder(12)
+    feats, valid = enc(["put the red cube on the plate", "place the red block onto the plate", "open the drawer"])
+    assert feats.shape == (3, 12, 384)
+    assert valid[:, 0].all()
+    assert not valid.all()  # short instructions are padded
+    sims = feats[:, 0] @ feats[:, 0].T  # sentence embeddings (normalised)
+    assert sims[0, 1] > sims[0, 2] + 0.1  # a paraphrase lands closer than a different task
+    enc.save_cache(tmp_path / "text.safetensors")
+    other = TextEncoder(12)
+    assert other.load_cache(tmp_path / "text.safetensors") == 3
+    f2, v2 = other(["open the drawer"])
+    assert other.model is None  # served from the preloaded cache, MiniLM never loaded
+    torch.testing.assert_close(f2[0], feats[2])
+    assert torch.equal(v2[0], valid[2])
+    with pytest.raises(ValueError, match="max_tokens"):
+        TextEncoder(16).load_cache(tmp_path / "text.safetensors")
+
+
+def test_infer_reports_stage_timings(tmp_path):
+    pol = vla.load_policy(vla.make_tiny_checkpoint(tmp_path / "c"))
+    pol.infer(_obs(0))
+    t = pol.last_timing
+    for key in ("infer_ms", "encoders_ms", "subgoal_ms", "actions_ms", "subgoal_image_ms"):
+        assert t[key] >= 0, t
+    assert t["infer_ms"] >= t["encoders_ms"] + t["subgoal_ms"] + t["actions_ms"]
