@@ -72,10 +72,12 @@ def test_expert_in_process_writes_valid_results(tmp_path):
 
 def test_same_init_state_same_episode(tmp_path):
     """Episode i always starts from init state i: two runs give identical per-episode records."""
+    from sim.configs import RenderConfig
     from sim.run_eval import evaluate
 
-    a = evaluate(_cfg(tmp_path / "a", episodes=2, first_init_state=3))
-    b = evaluate(_cfg(tmp_path / "b", episodes=2, first_init_state=3))
+    off = RenderConfig(enabled=False)  # the records do not depend on pixels; the expert reads sim state
+    a = evaluate(_cfg(tmp_path / "a", episodes=2, first_init_state=3, render=off))
+    b = evaluate(_cfg(tmp_path / "b", episodes=2, first_init_state=3, render=off))
     strip = [{k: e[k] for k in ("init_state", "success", "steps", "seed")} for e in a["episodes"]]
     assert strip == [{k: e[k] for k in ("init_state", "success", "steps", "seed")} for e in b["episodes"]]
     assert [e["init_state"] for e in a["episodes"]] == [3, 4]
