@@ -28,8 +28,10 @@ def mass_outside_window(
     are averaged; if there are none, all queries are.
 
     Args:
-        q: `(B, T, Hq, D)`; k: `(B, T, Hkv, D)`, same length (prefill), ``Hq % Hkv == 0``.
-        sink: sink tokens. local: local window in tokens (the query's own position included).
+        q: `(B, T, Hq, D)` queries.
+        k: `(B, T, Hkv, D)` keys of the same length (prefill), ``Hq % Hkv == 0``.
+        sink: sink tokens.
+        local: local window in tokens (the query's own position included).
         scale: softmax scale, default ``D ** -0.5``.
         max_chunk_elems: bound on one score chunk's size (queries × keys).
 
@@ -98,7 +100,8 @@ def profile_streaming_heads(
 
     Args:
         calibration: iterable of ``(q, k)`` in ``[B, T, H, D]`` captured from the layer.
-        sink, local: the streaming window in tokens.
+        sink: sink tokens of the streaming window.
+        local: local window in tokens.
         ratio: largest share of heads allowed to stream (LServe uses 0.5).
         max_outside: largest outside mass a streaming head may have.
 
@@ -117,7 +120,7 @@ def profile_streaming_heads(
     outside = total / n
     order = torch.argsort(outside)
     head_type = torch.full_like(outside, HEAD_MASKED, dtype=torch.int32)
-    for h in order[: int(math.floor(ratio * outside.numel()))]:
+    for h in order[: math.floor(ratio * outside.numel())]:
         if outside[h] <= max_outside:
             head_type[h] = HEAD_STREAMING
     return StreamingProfile(outside, head_type, sink, local)

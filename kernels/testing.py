@@ -45,7 +45,7 @@ def assert_close(name: str, ref: Tensor, out: Tensor, dtype: torch.dtype) -> Non
 
 @dataclass(frozen=True)
 class Needle:
-    """A planted retrieval pattern: queries ``[q_start, q_end)`` of head ``head`` attend to keys ``[k_start, k_end)``."""
+    """A planted retrieval pattern: queries ``[q_start, q_end)`` of ``head`` see to ``[k_start, k_end)``."""
 
     batch: int
     head: int
@@ -152,7 +152,7 @@ def needle_blocks(needle: Needle, block_size: int, min_overlap: int = 16) -> tup
 
 
 def needles_kept(needles: list[Needle], block_mask: Tensor, block_size: int) -> float:
-    """Share of needles whose key blocks are kept for all of their query blocks in a `(B, H, NQB, NKB)` mask."""
+    """Share of needles whose key blocks are all kept for their query blocks in a `(B, H, NQB, NKB)` mask."""
     if not needles:
         raise ValueError("no needles to check")
     kept = 0

@@ -260,7 +260,7 @@ def block_sparse_attn_fwd(
     local: int = 0,
     config: dict[str, int] | None = None,
 ) -> Tensor:
-    """Launch the forward kernel; inputs are validated by ``op.block_sparse_attn``. Returns `(B, Tq, Hq, D)`."""
+    """Launch the forward kernel (inputs validated by ``op.block_sparse_attn``); returns `(B, Tq, Hq, D)`."""
     b, t_q, h_q, d = q.shape
     t_k, h_kv = k.shape[1], k.shape[2]
     n_qb = triton.cdiv(t_q, block_size)

@@ -50,7 +50,8 @@ def xattn_select(
     """Pick the key blocks each query block attends to (XAttention, ``README.md``).
 
     Args:
-        q: `(B, Tq, Hq, D)`; k: `(B, Tk, Hkv, D)`, ``Hq % Hkv == 0``.
+        q: `(B, Tq, Hq, D)` queries.
+        k: `(B, Tk, Hkv, D)` keys, ``Hq % Hkv == 0``.
         stride: antidiagonal stride (4, 8 or 16 in practice; 1 scores exact attention mass).
         tau: kept share of each query-block row's mass, in (0, 1].
         block_size: block size in tokens (multiple of ``stride``).
@@ -123,10 +124,17 @@ def xattention_prefill(
     """XAttention prefill: select blocks, then block-sparse attention (streaming heads in the same launch).
 
     Args:
-        q, k, v: ``[B, T, H, D]`` as in :func:`block_sparse_attn`.
-        stride, tau, block_size, scale, causal: as in :func:`xattn_select`.
+        q: `(B, Tq, Hq, D)` queries.
+        k: `(B, Tk, Hkv, D)` keys.
+        v: `(B, Tk, Hkv, D)` values.
+        stride: antidiagonal stride (see :func:`xattn_select`).
+        tau: kept mass share per query-block row.
+        block_size: block size in tokens.
+        scale: softmax scale, default ``D ** -0.5``.
+        causal: causal rule, queries aligned to the end of the keys.
         head_type: optional `(Hq,)` int, 1 marks streaming heads (sink + local, no scoring needed).
-        sink, local: streaming-head window in tokens.
+        sink: sink tokens of streaming heads.
+        local: local window of streaming heads in tokens.
         fp8_scoring: score in float8 e4m3 on the Triton path (faster on Hopper; see README).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` for both stages.
 

@@ -32,7 +32,8 @@ def antidiagonal_block_mass_ref(
     """Block mass from antidiagonal scoring.
 
     Args:
-        q: `(B, Tq, Hq, D)`; k: `(B, Tk, Hkv, D)`, ``Hq % Hkv == 0``.
+        q: `(B, Tq, Hq, D)` queries.
+        k: `(B, Tk, Hkv, D)` keys, ``Hq % Hkv == 0``.
         stride: antidiagonal stride ``S`` (``block_size % S == 0``; ``S = 1`` gives exact attention mass).
         block_size: block size in tokens.
         scale: softmax scale, default ``D ** -0.5`` (divided by ``S`` inside).

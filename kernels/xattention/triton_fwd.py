@@ -161,15 +161,12 @@ def _xattn_select_kernel(
     pos = tl.cumsum(keep_i, 0) - 1
     tl.store(IDX + row_id * N_KB + pos, kb, mask=keep)
     tl.store(CNT + row_id, tl.sum(keep_i, 0))
-    if CAUSAL:
-        limit = tl.minimum(q_lo + 1, T_K) // BLOCK_SIZE
-    else:
-        limit = T_K // BLOCK_SIZE
+    limit = tl.minimum(q_lo + 1, T_K) // BLOCK_SIZE if CAUSAL else T_K // BLOCK_SIZE
     tl.store(NFULL + row_id, tl.sum((keep & (kb < limit)).to(tl.int32), 0))
 
 
 def score_config(stride: int, block_size: int) -> dict[str, int]:
-    """Scoring launch config (H200 sweep at 128k in bench/notes/kernels.md: block_n 128 beat 64 by 1.4-1.7x)."""
+    """Scoring launch config (H200 sweep at 128k, bench/notes/kernels.md: block_n 128 beat 64 by 1.4-1.7x)."""
     r = block_size // stride
     return {"block_m": 128, "block_n": max(128, r), "num_warps": 8, "num_stages": 3}
 

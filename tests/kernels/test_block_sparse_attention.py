@@ -126,7 +126,7 @@ def test_backward_matches_reference():
     grads = torch.autograd.grad(out, (q, k, v), g)
     ref = block_sparse_attn_ref(q, k, v, mask, block_size=64, causal=True)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g)
-    for name, a, r in zip("qkv", grads, ref_grads):
+    for name, a, r in zip("qkv", grads, ref_grads, strict=True):
         assert_close(f"d{name}", r, a, torch.float32)
 
 
