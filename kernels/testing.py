@@ -45,7 +45,7 @@ def assert_close(name: str, ref: Tensor, out: Tensor, dtype: torch.dtype) -> Non
 
 @dataclass(frozen=True)
 class Needle:
-    """A planted retrieval pattern: queries ``[q_start, q_end)`` of ``head`` see to ``[k_start, k_end)``."""
+    """A planted retrieval: queries ``[q_start, q_end)`` of ``head`` attend to ``[k_start, k_end)``."""
 
     batch: int
     head: int
