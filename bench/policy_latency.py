@@ -9,7 +9,7 @@ thought costs (CoT-VLA reports about 7x). Weights are random: latency does not d
 (greedy decoding always emits every code).
 
 Examples:
-    python -m bench.policy_latency                                   # CPU here -> bench/results/policy_latency.json
+    python -m bench.policy_latency          # CPU here -> bench/results/policy_latency.json
     python -m bench.policy_latency --devices cuda --merge            # on a GPU machine, keeping the CPU rows
     python -m bench.policy_latency --presets configs/policy/cot_vla_tiny.yaml --iters 3 --out /tmp
 """
@@ -41,8 +41,14 @@ def _obs(seed: int) -> dict:
     }
 
 
-def measure(preset: str, device: str, use_cot: bool, iters: int, warmup: int) -> dict:
-    """Median stage times of one preset on one device."""
+def measure(
+    preset: str, device: str, use_cot: bool, iters: int, warmup: int, text_cache: Path | None = None
+) -> dict:
+    """Median stage times of one preset on one device.
+
+    ``text_cache`` is a folder of instruction-feature files (``text<max_tokens>.safetensors``): loaded when
+    present (a machine without the MiniLM wheel), written otherwise.
+    """
     import dataclasses
 
     import draccus
@@ -56,6 +62,17 @@ def measure(preset: str, device: str, use_cot: bool, iters: int, warmup: int) ->
     policy = cfg.build()
     inf = InferencePolicy(policy, device=device)
     obs = _obs(0)
+    if text_cache is not None:
+        from vla.language import get_text_encoder
+
+        enc = get_text_encoder(cfg.text_max_tokens)
+        path = text_cache / f"text{cfg.text_max_tokens}.safetensors"
+        if path.is_file():
+            enc.load_cache(path)
+        else:
+            enc([obs["task"]])
+            text_cache.mkdir(parents=True, exist_ok=True)
+            enc.save_cache(path)
     for _ in range(warmup):
         inf.infer(obs)
     timings = []
@@ -68,7 +85,8 @@ def measure(preset: str, device: str, use_cot: bool, iters: int, warmup: int) ->
         "device_name": device_name() if device == "cpu" else torch.cuda.get_device_name(0),
         "use_cot": use_cot,
         "chunk_ms": statistics.median(t["infer_ms"] for t in timings),
-        "params_m": sum(p.numel() for n, p in policy.named_parameters() if not n.startswith("tokenizer.")) / 1e6,
+        "params_m": sum(p.numel() for n, p in policy.named_parameters() if not n.startswith("tokenizer."))
+        / 1e6,
         "seq_len": policy.layout.total,
         "subgoal_codes": policy.layout.n_codes if use_cot else 0,
         "torch_threads": torch.get_num_threads(),
@@ -89,11 +107,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--merge", action="store_true", help="keep rows of other devices from the existing file")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--text_cache", type=Path, default=None, help="folder of instruction-feature files")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [measure(p, d, cot, args.iters, args.warmup) for p in args.presets for d in args.devices
-            for cot in (True, False)]
+    rows = [
+        measure(p, d, cot, args.iters, args.warmup, args.text_cache)
+        for p in args.presets
+        for d in args.devices
+        for cot in (True, False)
+    ]
     old_path = args.out / "policy_latency.json"
     if args.merge and old_path.is_file():
         measured = set(args.devices)
@@ -103,15 +126,29 @@ def main() -> None:
         for r in rows:
             if r["device"] == dev and r["use_cot"] and r["preset"] == HEADLINE_PRESET:
                 headline[f"chunk_ms_{'gpu' if dev == 'cuda' else 'cpu'}"] = round(r["chunk_ms"], 2)
-                nocot = [x for x in rows if x["device"] == dev and not x["use_cot"] and x["preset"] == r["preset"]]
+                nocot = [
+                    x for x in rows if x["device"] == dev and not x["use_cot"] and x["preset"] == r["preset"]
+                ]
                 if nocot:
                     headline[f"cot_over_no_cot_{'gpu' if dev == 'cuda' else 'cpu'}"] = round(
-                        r["chunk_ms"] / nocot[0]["chunk_ms"], 2)
+                        r["chunk_ms"] / nocot[0]["chunk_ms"], 2
+                    )
     devices = " | ".join(sorted({f"{r['device']}: {r['device_name']}" for r in rows}))
-    path = write_results("policy_latency", rows=rows, headline=headline, device=devices, out_dir=args.out,
-                         config={"presets": args.presets, "iters": args.iters, "warmup": args.warmup,
-                                 "batch": 1, "camera_images": "2 x 128x128 uint8 (resized by the policy)",
-                                 "headline_preset": HEADLINE_PRESET})
+    path = write_results(
+        "policy_latency",
+        rows=rows,
+        headline=headline,
+        device=devices,
+        out_dir=args.out,
+        config={
+            "presets": args.presets,
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "batch": 1,
+            "camera_images": "2 x 128x128 uint8 (resized by the policy)",
+            "headline_preset": HEADLINE_PRESET,
+        },
+    )
     print(json.dumps({"path": str(path), "headline": headline}))
 
 
