@@ -73,7 +73,9 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not self.name or not self.instruction:
-            raise ValueError(f"TaskSpec needs a name and an instruction, got {self.name!r} / {self.instruction!r}")
+            raise ValueError(
+                f"TaskSpec needs a name and an instruction, got {self.name!r} / {self.instruction!r}"
+            )
         if self.max_steps <= 0 or self.wait_steps < 0:
             raise ValueError(f"TaskSpec {self.name}: max_steps must be > 0 and wait_steps >= 0")
 
@@ -96,7 +98,8 @@ class Suite:
         if isinstance(name_or_index, int | np.integer) and not isinstance(name_or_index, bool):
             if not 0 <= int(name_or_index) < len(self.tasks):
                 raise ValueError(
-                    f"task index {name_or_index} out of range for suite {self.name!r} ({len(self.tasks)} tasks)"
+                    f"task index {name_or_index} out of range for suite {self.name!r} "
+                    f"({len(self.tasks)} tasks)"
                 )
             return self.tasks[int(name_or_index)]
         for t in self.tasks:
@@ -115,12 +118,14 @@ def init_state_path(suite: str, task: str) -> Path:
     return INIT_STATES_DIR / suite / f"{task}.npz"
 
 
-def save_init_states(path: Path, states: np.ndarray, meta: Mapping[str, Any]) -> None:
-    """Write init states and their metadata atomically (temp file, then rename)."""
+def save_init_states(path: Path, states: np.ndarray, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
+    """Write init states, their metadata and extra arrays atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez_compressed(buf, states=np.asarray(states, dtype=np.float64), meta=np.array(json.dumps(dict(meta))))
+    np.savez_compressed(
+        buf, states=np.asarray(states, dtype=np.float64), meta=np.array(json.dumps(dict(meta))), **arrays
+    )
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(buf.getvalue())
@@ -130,6 +135,12 @@ def save_init_states(path: Path, states: np.ndarray, meta: Mapping[str, Any]) ->
 
 def load_init_states(suite: str, task: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Load ``(states (N, D) float64, meta)`` of ``suite``/``task``."""
+    states, meta, _ = load_init_state_file(suite, task)
+    return states, meta
+
+
+def load_init_state_file(suite: str, task: str) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+    """Load ``(states, meta, extra arrays)``; extras include ``settled_state`` (golden start states)."""
     path = init_state_path(suite, task)
     if not path.exists():
         raise FileNotFoundError(
@@ -137,7 +148,8 @@ def load_init_states(suite: str, task: str) -> tuple[np.ndarray, dict[str, Any]]
             f"`python -m sim.envs.make_init_states --suites {suite}`"
         )
     with np.load(path, allow_pickle=False) as z:
-        return np.array(z["states"]), json.loads(str(z["meta"]))
+        extra = {k: np.array(z[k]) for k in z.files if k not in ("states", "meta")}
+        return np.array(z["states"]), json.loads(str(z["meta"])), extra
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,7 +337,9 @@ class SimEnv(gym.Env):
                 f"{a.shape}; pass one row of an action chunk, e.g. actions[0]"
             )
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"action has non-finite values (NaN/inf) at indices {np.flatnonzero(~np.isfinite(a))}")
+            raise ValueError(
+                f"action has non-finite values (NaN/inf) at indices {np.flatnonzero(~np.isfinite(a))}"
+            )
         return a
 
     def render(self) -> np.ndarray:
@@ -378,7 +392,12 @@ class SimEnv(gym.Env):
         else:
             agent = np.zeros((s, s, 3), np.uint8)
             wrist = np.zeros((s, s, 3), np.uint8)
-        return {AGENTVIEW_KEY: agent, WRIST_KEY: wrist, STATE_KEY: self.state(), TASK_KEY: self.task.instruction}
+        return {
+            AGENTVIEW_KEY: agent,
+            WRIST_KEY: wrist,
+            STATE_KEY: self.state(),
+            TASK_KEY: self.task.instruction,
+        }
 
     def privileged(self) -> dict[str, Any]:
         """Simulator state for scripted experts only (policies never see it).

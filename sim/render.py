@@ -62,15 +62,14 @@ def ensure_gl_backend(backend: str | None = None) -> str:
     """
     global _chosen
     current = os.environ.get("MUJOCO_GL")
-    if backend is None and current:
-        _chosen = current
-    elif backend is not None and current == backend:
+    if (backend is None and current) or (backend is not None and current == backend):
         _chosen = current
     elif backend is not None:
         if _gl_imported():
             raise RuntimeError(
                 f"RenderConfig.backend={backend!r} but MuJoCo's GL bindings were already loaded with "
-                f"MUJOCO_GL={current!r}; set MUJOCO_GL={backend} before importing robosuite, or use backend=None"
+                f"MUJOCO_GL={current!r}; set MUJOCO_GL={backend} before importing robosuite, "
+                "or use backend=None"
             )
         os.environ["MUJOCO_GL"] = backend
         _chosen = backend
@@ -82,7 +81,8 @@ def ensure_gl_backend(backend: str | None = None) -> str:
         else:
             raise RuntimeError(
                 "No headless OpenGL backend works: EGL and OSMesa both failed. Install Mesa's EGL "
-                "(apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), "
+                "(apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) or OSMesa "
+                "(apt-get install libosmesa6), "
                 "or set MUJOCO_GL yourself."
             )
         os.environ["MUJOCO_GL"] = _chosen
@@ -106,7 +106,9 @@ def apply_render_settings(sim: Any, cfg: RenderConfig) -> None:
 
     ctx = getattr(sim, "_render_context_offscreen", None)
     if ctx is None:
-        raise RuntimeError("the robosuite sim has no offscreen render context (has_offscreen_renderer=False?)")
+        raise RuntimeError(
+            "the robosuite sim has no offscreen render context (has_offscreen_renderer=False?)"
+        )
     if getattr(ctx, "_vla_render_cfg", None) == cfg:
         return
     samples = 4 if cfg.anti_aliasing else 0

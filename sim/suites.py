@@ -47,9 +47,7 @@ def get_suite(name: str) -> Suite:
     return suite
 
 
-def make_env(
-    suite: str, task: str | int | TaskSpec, render: RenderConfig | None = None, **kw: Any
-) -> SimEnv:
+def make_env(suite: str, task: str | int | TaskSpec, render: RenderConfig | None = None, **kw: Any) -> SimEnv:
     """Build the env of ``suite``/``task``.
 
     Args:

@@ -29,7 +29,9 @@ MAX_STEPS, WAIT_STEPS = 300, 10
 def _task_list() -> list[tuple[str, str, dict[str, str]]]:
     tasks = []
     for c in COLORS:
-        tasks.append((f"put_{c}_cube_on_plate", f"put the {c} cube on the plate", {"kind": "plate", "cube": c}))
+        tasks.append(
+            (f"put_{c}_cube_on_plate", f"put the {c} cube on the plate", {"kind": "plate", "cube": c})
+        )
     for c in COLORS:
         tasks.append((f"put_{c}_cube_in_bin", f"put the {c} cube in the bin", {"kind": "bin", "cube": c}))
     for top, bottom in (("blue", "green"), ("red", "blue"), ("green", "red")):
@@ -47,11 +49,19 @@ def build_suite(name: str = SUITE) -> Suite:
     """Nine tasks sharing one scene (300 steps, 10 wait steps each)."""
     tasks = tuple(
         TaskSpec(
-            name=tname, instruction=instr, max_steps=MAX_STEPS, wait_steps=WAIT_STEPS, suite=name, scene=SCENE, extra=extra
+            name=tname,
+            instruction=instr,
+            max_steps=MAX_STEPS,
+            wait_steps=WAIT_STEPS,
+            suite=name,
+            scene=SCENE,
+            extra=extra,
         )
         for tname, instr, extra in _task_list()
     )
-    return Suite(name=name, tasks=tasks, description="cubes, plate and bin on a table; goal given by the instruction")
+    return Suite(
+        name=name, tasks=tasks, description="cubes, plate and bin on a table; goal given by the instruction"
+    )
 
 
 def _robosuite_scene_class() -> type:
@@ -199,7 +209,9 @@ def _robosuite_scene_class() -> type:
             super()._reset_internal()
             if not self.deterministic_reset:
                 for pos, quat, obj in self.placement_initializer.sample().values():
-                    self.sim.data.set_joint_qpos(obj.joints[0], np.concatenate([np.array(pos), np.array(quat)]))
+                    self.sim.data.set_joint_qpos(
+                        obj.joints[0], np.concatenate([np.array(pos), np.array(quat)])
+                    )
 
         def _check_success(self) -> bool:
             return False

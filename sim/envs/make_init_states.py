@@ -1,7 +1,9 @@
 """Generate the fixed init states of the embedded suites (``sim/init_states/<suite>/<task>.npz``).
 
 Each state is drawn from the env's own placement sampler with numpy's global RNG seeded per task,
-so a rerun with the same versions reproduces the files. Run it only when a scene changes; the
+so a rerun with the same versions reproduces the files. ``settled_state`` stores each state's
+``observation.state`` and ``settled_qpos`` the full ``qpos`` after restore and wait steps: the
+golden start states that tests compare. Run it only when a scene changes; the
 files are committed and ``tests/sim/test_envs.py`` checks that they still load and match.
 
 Example:
@@ -42,6 +44,12 @@ def generate(suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int =
             states = np.stack([env.sample_init_state() for _ in range(num)])
         finally:
             np.random.set_state(rng_state)
+        env._init_states = states
+        # Golden start states: observation.state after restore + wait steps, for drift tests.
+        settled, settled_qpos = [], []
+        for i in range(num):
+            settled.append(env.reset(options={"init_state": i})[0]["observation.state"])
+            settled_qpos.append(np.array(env.rs_env.sim.data.qpos))
         model = env.rs_env.sim.model
         meta = {
             "suite": suite,
@@ -52,9 +60,15 @@ def generate(suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int =
             "nv": int(model.nv),
             "robosuite": version("robosuite"),
             "mujoco": version("mujoco"),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        save_init_states(init_state_path(suite, task), states, meta)
+        save_init_states(
+            init_state_path(suite, task),
+            states,
+            meta,
+            settled_state=np.stack(settled),
+            settled_qpos=np.stack(settled_qpos),
+        )
         return states
     finally:
         env.close()

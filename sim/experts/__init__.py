@@ -37,4 +37,6 @@ def make_expert(env: Any, *, noise: float = 0.0, seed: int = 0) -> Any:
             if fn == "make_libero_expert":
                 return factory(env) if noise == 0.0 else factory(env, noise=noise, seed=seed)
             return factory(env, noise=noise, seed=seed)
-    raise ValueError(f"no scripted expert for suite {suite!r}; experts exist for: {', '.join(EXPERT_MODULES)}")
+    raise ValueError(
+        f"no scripted expert for suite {suite!r}; experts exist for: {', '.join(EXPERT_MODULES)}"
+    )

@@ -1,4 +1,4 @@
-"""Scripted experts for the ``embedded_goal`` suite: pick a cube, place it on the plate, in the bin or on a cube."""
+"""Scripted experts for ``embedded_goal``: pick a cube, place it on the plate, in the bin or on a cube."""
 
 from __future__ import annotations
 

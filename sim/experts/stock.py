@@ -111,7 +111,10 @@ def _nut_plan(p0: dict[str, Any]) -> list[Phase]:
         return f
 
     plan = pick_and_place_plan(
-        grasp, over_peg(0.05), lifted=lambda p: p["objects"]["nut"]["pos"][2] > table + 0.03, carry_z=table + 0.18
+        grasp,
+        over_peg(0.05),
+        lifted=lambda p: p["objects"]["nut"]["pos"][2] > table + 0.03,
+        carry_z=table + 0.18,
     )
     # carry/lower over the peg, keeping the hole aligned; release low so the nut drops onto the peg.
     return [
@@ -153,8 +156,9 @@ def _door_plan(p0: dict[str, Any]) -> list[Phase]:
         return p["eef_pos"] + 0.04 * tangent, None
 
     return [
-        Phase("approach", approach, -1.0, tol=0.01, yaw_tol=0.04, max_steps=80),
-        Phase("descend", grasp, -1.0, tol=0.006, yaw_tol=0.04, max_steps=40, speed=0.5),
+        # The door panel can block the hand short of these targets: cap the time spent on them.
+        Phase("approach", approach, -1.0, tol=0.01, yaw_tol=0.04, max_steps=35),
+        Phase("descend", grasp, -1.0, tol=0.006, yaw_tol=0.04, max_steps=30, speed=0.5),
         Phase("close", grasp, 1.0, tol=1.0, yaw_tol=1.0, min_steps=10, max_steps=10, speed=0.3),
         Phase("pull", pull, 1.0, tol=0.0, yaw_tol=1.0, max_steps=10**6, speed=0.6),
     ]

@@ -30,8 +30,9 @@ def rot_z(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def mat_to_axis_angle(R: np.ndarray) -> np.ndarray:
+def mat_to_axis_angle(rot: np.ndarray) -> np.ndarray:
     """Axis-angle vector of a rotation matrix (robust near 0 and pi)."""
+    R = rot
     cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
     angle = np.arccos(cos)
     if angle < 1e-6:
@@ -218,7 +219,6 @@ def pick_and_place_plan(
             state); ``None``: 0.12 m above where the grasp closed.
         release_steps: steps the gripper gets to open.
     """
-
     closed_at: list[np.ndarray] = []
 
     def cz(p: dict[str, Any]) -> float:
@@ -258,7 +258,9 @@ def pick_and_place_plan(
             retry_from=0,
         ),
         Phase("carry", carry_target, 1.0, tol=0.01, yaw_tol=0.05, max_steps=100),
-        Phase("lower", place, 1.0, tol=0.008, yaw_tol=0.05, max_steps=60, speed=0.5, xy_first=True, xy_tol=0.006),
+        Phase(
+            "lower", place, 1.0, tol=0.008, yaw_tol=0.05, max_steps=60, speed=0.5, xy_first=True, xy_tol=0.006
+        ),
         Phase("release", place, -1.0, tol=1.0, yaw_tol=1.0, min_steps=release_steps, max_steps=release_steps),
         Phase("retreat", frozen_up(hover), -1.0, tol=0.01, yaw_tol=1.0, max_steps=40),
     ]
