@@ -117,10 +117,13 @@ class TextEncoder:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
             if int(meta["max_tokens"]) != self.max_tokens:
-                raise ValueError(f"{path} holds features for max_tokens={meta['max_tokens']}, not {self.max_tokens}")
+                raise ValueError(
+                    f"{path} holds features for max_tokens={meta['max_tokens']}, not {self.max_tokens}"
+                )
             texts = json.loads(meta["instructions"])
             loaded = {
-                t: (f.get_tensor(f"features.{i}"), f.get_tensor(f"valid.{i}").bool()) for i, t in enumerate(texts)
+                t: (f.get_tensor(f"features.{i}"), f.get_tensor(f"valid.{i}").bool())
+                for i, t in enumerate(texts)
             }
         with self._lock:
             self._cache.update(loaded)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import vla
+from tests.utils import require_cuda
 from vla.configs import CotVlaConfig, PolicyConfig, get_policy_config_class
 from vla.policies.cot_vla.modeling_cot_vla import Layout
 from vla.tokenizer.fsq import FSQ, FSQAutoencoder, FSQConfig
@@ -233,7 +234,9 @@ def test_text_encoder_paraphrase_cache_roundtrip(tmp_path):
     from vla.language import TextEncoder
 
     enc = TextEncoder(12)
-    feats, valid = enc(["put the red cube on the plate", "place the red block onto the plate", "open the drawer"])
+    feats, valid = enc(
+        ["put the red cube on the plate", "place the red block onto the plate", "open the drawer"]
+    )
     assert feats.shape == (3, 12, 384)
     assert valid[:, 0].all()
     assert not valid.all()  # short instructions are padded
@@ -257,3 +260,33 @@ def test_infer_reports_stage_timings(tmp_path):
     for key in ("infer_ms", "encoders_ms", "subgoal_ms", "actions_ms", "subgoal_image_ms"):
         assert t[key] >= 0, t
     assert t["infer_ms"] >= t["encoders_ms"] + t["subgoal_ms"] + t["actions_ms"]
+
+
+def test_static_decode_path_equals_dynamic():
+    torch.manual_seed(0)
+    cfg = CotVlaConfig.tiny()
+    policy = cfg.build().eval()
+    batch = cfg.fake_batch(3)
+    dyn = policy.generate(batch, decode="dynamic")
+    sta = policy.generate(batch, decode="static")
+    assert torch.equal(dyn["codes"], sta["codes"])
+    torch.testing.assert_close(dyn["actions"], sta["actions"], atol=1e-5, rtol=1e-5)
+    again = policy.generate(cfg.fake_batch(3, seed=1), decode="static")  # reused runner, new inputs
+    ref = policy.generate(cfg.fake_batch(3, seed=1), decode="dynamic")
+    assert torch.equal(again["codes"], ref["codes"])
+    with pytest.raises(ValueError, match="CUDA"):
+        policy.generate(batch, decode="graph")
+
+
+@pytest.mark.gpu
+@require_cuda
+def test_cuda_graph_decode_equals_dynamic():
+    torch.manual_seed(0)
+    cfg = CotVlaConfig.tiny()
+    policy = cfg.build().cuda().eval()
+    for seed in (0, 1):
+        batch = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in cfg.fake_batch(2, seed=seed).items()}
+        g = policy.generate(batch, decode="graph")
+        d = policy.generate(batch, decode="dynamic")
+        assert torch.equal(g["codes"], d["codes"])
+        torch.testing.assert_close(g["actions"], d["actions"], atol=1e-4, rtol=1e-4)

@@ -177,9 +177,18 @@ def test_yaml_preset_parses_and_builds(path):
 def test_ray_torchtrainer_two_cpu_workers(synth, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     out = tmp_path / "ray_run"
-    args = [f"--dataset.root={synth}", "--dataset.repo_id=local/synthetic", f"--output_dir={out}",
-            "--optim.steps=4", "--optim.warmup_steps=1", "--log_every=2", "--tokenizer_steps=5",
-            "--distributed.num_workers=2", "--distributed.use_gpu=false", "--tensorboard=false"]
+    args = [
+        f"--dataset.root={synth}",
+        "--dataset.repo_id=local/synthetic",
+        f"--output_dir={out}",
+        "--optim.steps=4",
+        "--optim.warmup_steps=1",
+        "--log_every=2",
+        "--tokenizer_steps=5",
+        "--distributed.num_workers=2",
+        "--distributed.use_gpu=false",
+        "--tensorboard=false",
+    ]
     import ray
 
     try:

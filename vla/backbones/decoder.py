@@ -136,6 +136,16 @@ class KVCache(nn.Module):
         self.v[layer, :, start:end] = v
         return self.k[layer, :, :end], self.v[layer, :, :end]
 
+    def write_at(self, layer: int, positions: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `(B, T, Hkv, D)` at tensor ``positions`` `(T,)` and return the *whole* buffers.
+
+        Shapes never depend on the position, so a decode step built on it can be captured once in a
+        CUDA graph and replayed (the caller masks the positions not yet written).
+        """
+        self.k[layer].index_copy_(1, positions, k.to(self.k.dtype))
+        self.v[layer].index_copy_(1, positions, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
+
 
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE; the score/softmax step is :func:`kernels.attention`."""
@@ -157,16 +167,22 @@ class Attention(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None = None,
         layer: int = 0,
-        start: int = 0,
+        start: int | Tensor = 0,
     ) -> Tensor:
-        """Attend from `(B, T, d)` tokens; with a cache, keys are ``[0, start+T)``."""
+        """Attend from `(B, T, d)` tokens; with a cache, keys are ``[0, start+T)``.
+
+        ``start`` may be a `(T,)` tensor of positions: keys are then the whole static cache.
+        """
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, D)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.write(layer, start, k, v)
+            if isinstance(start, Tensor):
+                k, v = cache.write_at(layer, start, k, v)
+            else:
+                k, v = cache.write(layer, start, k, v)
         out = attention(q, k, v, causal=mask is None, attn_mask=mask)  # (B, T, H, D)
         return self.o_proj(out.reshape(b, t, -1))
 
@@ -203,7 +219,7 @@ class DecoderLayer(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None = None,
         layer: int = 0,
-        start: int = 0,
+        start: int | Tensor = 0,
     ) -> Tensor:
         """Run one block."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, start)
@@ -268,6 +284,20 @@ class Decoder(nn.Module):
             mask: boolean `(B or 1, 1, T, start+T)`; ``None`` = causal.
         """
         return self._run(x, start, mask, cache)
+
+    def decode_static(self, x: Tensor, cache: KVCache, positions: Tensor, mask: Tensor) -> Tensor:
+        """Decode with position-independent shapes (for CUDA-graph capture).
+
+        Args:
+            x: `(B, T, d)` new token embeddings.
+            cache: the static cache; keys are all ``max_len`` slots.
+            positions: `(T,)` long tensor of the new tokens' positions (on the cache's device).
+            mask: boolean `(B or 1, 1, T, max_len)`; it must hide every slot not yet written.
+        """
+        cos, sin = rope_cos_sin(positions, self.cfg.dim_per_head, self.cfg.rope_theta, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i, positions)
+        return self.norm(x)
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Language-model logits `(B, T, vocab)` for token ids (causal); needs ``vocab_size > 0``."""

@@ -105,6 +105,56 @@ class _StageClock:
             self.t = now
 
 
+class _CodeStep:
+    """One greedy subgoal-code decode step over a static cache, optionally captured in a CUDA graph.
+
+    Every tensor the step touches is preallocated (token in, position, key mask, token out, the cache),
+    so the captured graph replays with new values copied into them. Weights are read in place: a graph
+    stays valid while the parameters are updated in place, but not if they are replaced.
+    """
+
+    def __init__(self, policy: CotVlaPolicy, b: int, dt: torch.dtype, graph: bool) -> None:
+        lay, dev = policy.layout, policy.cam_embed.device
+        self.policy, self.dt = policy, dt
+        self.cache = policy.backbone.allocate_cache(b, lay.total, dev, dt)
+        self.valid = torch.ones(b, lay.total, dtype=torch.bool, device=dev)
+        self.token = torch.zeros(b, dtype=torch.long, device=dev)
+        self.pos = torch.full((1,), lay.boi + 1, dtype=torch.long, device=dev)
+        self.out = torch.zeros(b, dtype=torch.long, device=dev)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if graph:
+            if dev.type != "cuda":
+                raise ValueError(
+                    "decode='graph' needs the policy on a CUDA device; use 'static' or 'dynamic'"
+                )
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the graph (allocator, lazy inits)
+                    self._body()
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._body()
+
+    def _body(self) -> None:
+        p = self.policy
+        x = p.code_embed(self.token)[:, None].to(self.dt)  # (B, 1, d)
+        mask = p.mask.index_select(0, self.pos)[None, None] & self.valid[:, None, None, :]  # (B, 1, 1, T)
+        h = p.backbone.decode_static(x, self.cache, self.pos, mask)
+        self.out.copy_(p.code_head(h[:, -1]).argmax(-1))
+
+    def step(self, token: Tensor, pos: int) -> Tensor:
+        """Feed ``token`` `(B,)` at position ``pos``; return the next code `(B,)`."""
+        self.token.copy_(token)
+        self.pos.fill_(pos)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._body()
+        return self.out.clone()
+
+
 class CotVlaPolicy(Policy):
     """The CoT-VLA model. Batches hold float images `(B, 3, H, W)` in [0, 1] (see ``vla.constants``)."""
 
@@ -163,6 +213,9 @@ class CotVlaPolicy(Policy):
             cfg.use_cot,
         )
         self.register_buffer("mask", self.layout.base_mask(), persistent=False)
+        # Inference-time switch (not config): capture the one-token decode step in CUDA graphs on CUDA.
+        self.cuda_graphs = True
+        self._runners: dict[tuple[int, torch.dtype, bool], _CodeStep] = {}
 
     # ---- normalization ----
 
@@ -293,7 +346,11 @@ class CotVlaPolicy(Policy):
 
     @torch.no_grad()
     def generate(
-        self, batch: dict[str, Any], use_cache: bool = True, stage_ms: dict[str, float] | None = None
+        self,
+        batch: dict[str, Any],
+        use_cache: bool = True,
+        stage_ms: dict[str, float] | None = None,
+        decode: str = "auto",
     ) -> dict[str, Tensor]:
         """Greedy subgoal codes, then the action chunk.
 
@@ -301,6 +358,10 @@ class CotVlaPolicy(Policy):
             batch: observation batch (no actions needed).
             use_cache: decode with the static KV cache; ``False`` recomputes the full sequence at every
                 step (the reference the cache is tested against).
+            decode: one-token decode path: ``dynamic`` (keys sliced to the filled length), ``static``
+                (position-independent shapes over the whole cache), ``graph`` (the static step captured
+                once per batch size in a CUDA graph and replayed), ``auto`` (``graph`` on CUDA when
+                ``self.cuda_graphs``, else ``dynamic``).
             stage_ms: if given, filled with wall times (ms, device-synchronised) of ``encoders``,
                 ``subgoal`` (code generation) and ``actions`` (the parallel action pass).
 
@@ -319,12 +380,25 @@ class CotVlaPolicy(Policy):
             h = self.backbone(x, self._mask(valid, slice(None), lay.total))
             act = self._decode_actions(h[:, lay.act_start :])
         elif use_cache:
-            cache = self.backbone.allocate_cache(b, lay.total, prefix.device, dt)
+            mode = decode
+            if mode == "auto":
+                mode = "graph" if prefix.device.type == "cuda" and self.cuda_graphs else "dynamic"
+            runner = None
+            if mode in ("static", "graph"):
+                runner = self._code_runner(b, dt, valid, graph=mode == "graph")
+                cache = runner.cache
+            elif mode == "dynamic":
+                cache = self.backbone.allocate_cache(b, lay.total, prefix.device, dt)
+            else:
+                raise ValueError(f"decode must be auto, dynamic, static or graph, got {decode!r}")
             x = torch.cat([prefix, self.boi.expand(b, 1, -1).to(dt)], 1)
             h = self.backbone.prefill(x, cache, self._mask(valid, slice(0, lay.boi + 1), lay.boi + 1))
             codes = [self.code_head(h[:, -1]).argmax(-1)]
             for i in range(1, lay.n_codes):
                 pos = lay.boi + i
+                if runner is not None:
+                    codes.append(runner.step(codes[-1], pos))
+                    continue
                 h = self.backbone.decode(
                     self.code_embed(codes[-1])[:, None].to(dt),
                     cache,
@@ -362,6 +436,15 @@ class CotVlaPolicy(Policy):
         res["actions"] = unnormalize_actions(act, self.action_q01, self.action_q99)
         clock.lap("actions")
         return res
+
+    def _code_runner(self, b: int, dt: torch.dtype, valid: Tensor, graph: bool) -> _CodeStep:
+        key = (b, dt, graph)
+        runner = self._runners.get(key)
+        if runner is None:
+            runner = _CodeStep(self, b, dt, graph)
+            self._runners[key] = runner
+        runner.valid.copy_(valid)
+        return runner
 
     @override
     def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
