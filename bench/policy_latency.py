@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import RESULTS_DIR, device_name, write_results
+from bench.common import RESULTS_DIR, write_results
 
 DEFAULT_PRESETS = ["configs/policy/cot_vla_small.yaml", "configs/policy/cot_vla_base.yaml"]
 HEADLINE_PRESET = "cot_vla_base"
@@ -41,8 +41,29 @@ def _obs(seed: int) -> dict:
     }
 
 
+def _cpu_name() -> str:
+    import os
+    import platform
+
+    name = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def measure(
-    preset: str, device: str, use_cot: bool, iters: int, warmup: int, text_cache: Path | None = None
+    preset: str,
+    device: str,
+    use_cot: bool,
+    iters: int,
+    warmup: int,
+    text_cache: Path | None = None,
+    cuda_graphs: bool = True,
 ) -> dict:
     """Median stage times of one preset on one device.
 
@@ -60,6 +81,7 @@ def measure(
     cfg = dataclasses.replace(cfg, use_cot=use_cot)
     torch.manual_seed(0)
     policy = cfg.build()
+    policy.cuda_graphs = cuda_graphs
     inf = InferencePolicy(policy, device=device)
     obs = _obs(0)
     if text_cache is not None:
@@ -82,8 +104,9 @@ def measure(
     row = {
         "preset": Path(preset).stem,
         "device": device,
-        "device_name": device_name() if device == "cpu" else torch.cuda.get_device_name(0),
+        "device_name": _cpu_name() if device == "cpu" else torch.cuda.get_device_name(0),
         "use_cot": use_cot,
+        "decode": ("graph" if cuda_graphs else "eager") if device == "cuda" and use_cot else "eager",
         "chunk_ms": statistics.median(t["infer_ms"] for t in timings),
         "params_m": sum(p.numel() for n, p in policy.named_parameters() if not n.startswith("tokenizer."))
         / 1e6,
@@ -111,12 +134,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [
-        measure(p, d, cot, args.iters, args.warmup, args.text_cache)
-        for p in args.presets
-        for d in args.devices
-        for cot in (True, False)
-    ]
+    rows = []
+    for p in args.presets:
+        for d in args.devices:
+            rows.append(measure(p, d, True, args.iters, args.warmup, args.text_cache))
+            if d == "cuda":  # the same CoT decode without CUDA graphs (eager launches per op)
+                rows.append(measure(p, d, True, args.iters, args.warmup, args.text_cache, cuda_graphs=False))
+            rows.append(measure(p, d, False, args.iters, args.warmup, args.text_cache))
     old_path = args.out / "policy_latency.json"
     if args.merge and old_path.is_file():
         measured = set(args.devices)
@@ -124,7 +148,12 @@ def main() -> None:
     headline: dict[str, float] = {}
     for dev in ("cpu", "cuda"):
         for r in rows:
-            if r["device"] == dev and r["use_cot"] and r["preset"] == HEADLINE_PRESET:
+            if (
+                r["device"] == dev
+                and r["use_cot"]
+                and r["preset"] == HEADLINE_PRESET
+                and r.get("decode") in ("graph" if dev == "cuda" else "eager", None)
+            ):
                 headline[f"chunk_ms_{'gpu' if dev == 'cuda' else 'cpu'}"] = round(r["chunk_ms"], 2)
                 nocot = [
                     x for x in rows if x["device"] == dev and not x["use_cot"] and x["preset"] == r["preset"]
