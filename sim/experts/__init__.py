@@ -2,6 +2,7 @@
 
 The returned object speaks the policy interface (``reset()``, ``infer(obs) -> {"actions": (1, 7)}``).
 Dispatch is on ``env.suite_name``; ``libero_*`` suites go to ``sim.experts.libero.make_libero_expert``.
+Every factory takes ``(env, *, noise=0.0, seed=0)``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ def make_expert(env: Any, *, noise: float = 0.0, seed: int = 0) -> Any:
     for key, (module, fn) in EXPERT_MODULES.items():
         if suite == key or (key.endswith("*") and suite.startswith(key[:-1])):
             factory = getattr(importlib.import_module(module), fn)
-            if fn == "make_libero_expert":
-                return factory(env) if noise == 0.0 else factory(env, noise=noise, seed=seed)
             return factory(env, noise=noise, seed=seed)
     raise ValueError(
         f"no scripted expert for suite {suite!r}; experts exist for: {', '.join(EXPERT_MODULES)}"
