@@ -106,14 +106,12 @@ class _StageClock:
 
 
 class _CodeStep:
-    """One greedy subgoal-code decode step over a static cache, optionally captured in a CUDA graph.
+    """One greedy subgoal-code decode step with position-independent shapes (``Decoder.decode_static``).
 
-    Every tensor the step touches is preallocated (token in, position, key mask, token out, the cache),
-    so the captured graph replays with new values copied into them. Weights are read in place: a graph
-    stays valid while the parameters are updated in place, but not if they are replaced.
+    Every tensor the step touches is preallocated (token in, position, key mask, token out, the cache).
     """
 
-    def __init__(self, policy: CotVlaPolicy, b: int, dt: torch.dtype, graph: bool) -> None:
+    def __init__(self, policy: CotVlaPolicy, b: int, dt: torch.dtype) -> None:
         lay, dev = policy.layout, policy.cam_embed.device
         self.policy, self.dt = policy, dt
         self.cache = policy.backbone.allocate_cache(b, lay.total, dev, dt)
@@ -121,37 +119,60 @@ class _CodeStep:
         self.token = torch.zeros(b, dtype=torch.long, device=dev)
         self.pos = torch.full((1,), lay.boi + 1, dtype=torch.long, device=dev)
         self.out = torch.zeros(b, dtype=torch.long, device=dev)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        if graph:
-            if dev.type != "cuda":
-                raise ValueError(
-                    "decode='graph' needs the policy on a CUDA device; use 'static' or 'dynamic'"
-                )
-            stream = torch.cuda.Stream(dev)
-            stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up outside the graph (allocator, lazy inits)
-                    self._body()
-            torch.cuda.current_stream(dev).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._body()
 
-    def _body(self) -> None:
+    def step(self, token: Tensor, pos: int) -> Tensor:
+        """Feed ``token`` `(B,)` at position ``pos``; return the next code `(B,)`."""
         p = self.policy
+        self.token.copy_(token)
+        self.pos.fill_(pos)
         x = p.code_embed(self.token)[:, None].to(self.dt)  # (B, 1, d)
         mask = p.mask.index_select(0, self.pos)[None, None] & self.valid[:, None, None, :]  # (B, 1, 1, T)
         h = p.backbone.decode_static(x, self.cache, self.pos, mask)
         self.out.copy_(p.code_head(h[:, -1]).argmax(-1))
+        return self.out.clone()
 
-    def step(self, token: Tensor, pos: int) -> Tensor:
-        """Feed ``token`` `(B,)` at position ``pos``; return the next code `(B,)`."""
-        self.token.copy_(token)
-        self.pos.fill_(pos)
-        if self.graph is not None:
-            self.graph.replay()
-        else:
+
+class _CodeLoopGraph:
+    """The whole greedy subgoal loop (codes 2..N, one token per step) captured in one CUDA graph.
+
+    Positions are fixed by the layout, so one capture per batch size replays exactly the kernels of the
+    ``dynamic`` path: the eager prefill fills the static cache, then one replay emits the remaining codes
+    (one graph launch instead of thousands of kernel launches). The graph reads the weights in place;
+    moving the policy (``.to``) drops the captured graphs.
+    """
+
+    def __init__(self, policy: CotVlaPolicy, b: int, dt: torch.dtype) -> None:
+        lay, dev = policy.layout, policy.cam_embed.device
+        if dev.type != "cuda":
+            raise ValueError("decode='graph' needs the policy on a CUDA device; use 'static' or 'dynamic'")
+        self.policy, self.dt = policy, dt
+        self.cache = policy.backbone.allocate_cache(b, lay.total, dev, dt)
+        self.valid = torch.ones(b, lay.total, dtype=torch.bool, device=dev)
+        self.first = torch.zeros(b, dtype=torch.long, device=dev)
+        self.out = torch.zeros(b, max(lay.n_codes - 1, 0), dtype=torch.long, device=dev)
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            self._body()  # warm-up outside the graph (allocator, lazy inits)
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
             self._body()
+
+    def _body(self) -> None:
+        p, lay = self.policy, self.policy.layout
+        tok = self.first
+        for i in range(1, lay.n_codes):
+            pos = lay.boi + i
+            x = p.code_embed(tok)[:, None].to(self.dt)
+            h = p.backbone.decode(x, self.cache, pos, p._mask(self.valid, slice(pos, pos + 1), pos + 1))
+            tok = p.code_head(h[:, -1]).argmax(-1)
+            self.out[:, i - 1] = tok
+
+    def run(self, first: Tensor) -> Tensor:
+        """Given code 1 `(B,)` (from the prefill), return codes 2..N `(B, N-1)`."""
+        self.first.copy_(first)
+        self.graph.replay()
         return self.out.clone()
 
 
@@ -215,7 +236,7 @@ class CotVlaPolicy(Policy):
         self.register_buffer("mask", self.layout.base_mask(), persistent=False)
         # Inference-time switch (not config): capture the one-token decode step in CUDA graphs on CUDA.
         self.cuda_graphs = True
-        self._runners: dict[tuple[int, torch.dtype, bool], _CodeStep] = {}
+        self._runners: dict[tuple[int, torch.dtype, str], _CodeStep | _CodeLoopGraph] = {}
 
     # ---- normalization ----
 
@@ -383,9 +404,9 @@ class CotVlaPolicy(Policy):
             mode = decode
             if mode == "auto":
                 mode = "graph" if prefix.device.type == "cuda" and self.cuda_graphs else "dynamic"
-            runner = None
+            runner: _CodeStep | _CodeLoopGraph | None = None
             if mode in ("static", "graph"):
-                runner = self._code_runner(b, dt, valid, graph=mode == "graph")
+                runner = self._code_runner(b, dt, valid, mode)
                 cache = runner.cache
             elif mode == "dynamic":
                 cache = self.backbone.allocate_cache(b, lay.total, prefix.device, dt)
@@ -394,7 +415,9 @@ class CotVlaPolicy(Policy):
             x = torch.cat([prefix, self.boi.expand(b, 1, -1).to(dt)], 1)
             h = self.backbone.prefill(x, cache, self._mask(valid, slice(0, lay.boi + 1), lay.boi + 1))
             codes = [self.code_head(h[:, -1]).argmax(-1)]
-            for i in range(1, lay.n_codes):
+            if isinstance(runner, _CodeLoopGraph):
+                codes += list(runner.run(codes[0]).unbind(1))
+            for i in range(1, lay.n_codes if not isinstance(runner, _CodeLoopGraph) else 1):
                 pos = lay.boi + i
                 if runner is not None:
                     codes.append(runner.step(codes[-1], pos))
@@ -437,14 +460,19 @@ class CotVlaPolicy(Policy):
         clock.lap("actions")
         return res
 
-    def _code_runner(self, b: int, dt: torch.dtype, valid: Tensor, graph: bool) -> _CodeStep:
-        key = (b, dt, graph)
+    def _code_runner(self, b: int, dt: torch.dtype, valid: Tensor, mode: str) -> _CodeStep | _CodeLoopGraph:
+        key = (b, dt, mode)
         runner = self._runners.get(key)
         if runner is None:
-            runner = _CodeStep(self, b, dt, graph)
+            runner = _CodeLoopGraph(self, b, dt) if mode == "graph" else _CodeStep(self, b, dt)
             self._runners[key] = runner
         runner.valid.copy_(valid)
         return runner
+
+    @override
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> CotVlaPolicy:
+        self._runners = {}  # captured graphs and caches point at the old tensors
+        return super()._apply(fn, *args, **kwargs)
 
     @override
     def predict_action_chunk(self, batch: dict[str, Any]) -> Tensor:
