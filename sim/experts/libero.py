@@ -6,11 +6,11 @@ pick-and-place tasks of libero_goal. Geometry comes from ``LiberoEnv.privileged(
 each object's collision-geom box in its body frame, and the sites of LIBERO's regions.
 
 Grasp: across the object's narrower horizontal side, from above, a few centimetres below its top.
-Objects wider than the gripper opening (bowls) are grasped by the rim nearest the robot, fingers
-closing radially. Place: the object's centre over the target's centre (an object's box centre or a
-region site), its bottom a little above the target's top, then open. The plan is the shared waypoint
-machine of :mod:`sim.experts.waypoints` (targets recomputed from live state every step; a missed
-grasp restarts it).
+Objects wider than the gripper opening (bowls) are grasped by the rim, fingers closing radially, on
+a side with room for the fingers (:func:`rim_directions`). Place: the object's centre over the
+target's centre (an object's box centre or a region site), its bottom a little above the target's
+top, then open. The plan is the shared waypoint machine of :mod:`sim.experts.waypoints` (targets
+recomputed from live state every step; a missed grasp restarts it, from another side for a rim).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ MAX_OPENING = 0.07  # m; wider objects get a rim grasp (Panda opens to about 0.0
 GRASP_DEPTH = 0.03  # m below the object's top where the fingers close
 RIM_INSET = 0.012  # m from the outer rim towards the centre for a rim grasp
 PLACE_CLEARANCE = 0.02  # m between the held object's bottom and the target's top at release
-ROBOT_SIDE = np.array([-1.0, 0.0])  # world xy direction towards the robot base in LIBERO scenes
 
 
 class ObjectBox:
@@ -70,6 +69,21 @@ class ObjectBox:
         assert best is not None
         return best
 
+    def xy_distance(self, point: np.ndarray) -> float:
+        """Horizontal distance from ``point`` (xy) to the box's footprint (0 inside)."""
+        vertical = int(np.argmax(np.abs(self.mat[2])))
+        d = 0.0
+        for k in range(3):
+            if k == vertical:
+                continue
+            axis = self.mat[:2, k]
+            n = np.linalg.norm(axis)
+            if n < 1e-6:
+                continue
+            along = abs(float((np.asarray(point) - self.center[:2]) @ axis / n))
+            d += max(along - float(self.half[k]), 0.0) ** 2
+        return float(np.sqrt(d))
+
     @property
     def radius(self) -> float:
         """Half of the larger horizontal extent."""
@@ -77,17 +91,51 @@ class ObjectBox:
         return float(max(self.half[k] for k in range(3) if k != vertical))
 
 
-def closing_yaw(direction: np.ndarray, current: float) -> float:
-    """Gripper yaw whose fingers close along ``direction`` (xy), the one of the two nearest ``current``.
+def closing_yaw(direction: np.ndarray, current: float, wrist: float) -> float:
+    """Gripper yaw whose fingers close along ``direction`` (xy).
 
     With ``R = rot_z(yaw) @ R_DOWN`` the fingers close along the eef y axis, ``(sin yaw, -cos yaw)``.
+    Of the two yaws that do (the gripper is symmetric), take the one that leaves the Panda's last
+    joint nearest the middle of its range: turning the gripper by ``+d`` about world z turns that joint
+    by about ``-d`` (measured), and the joint stops at +-2.9 rad.
+
+    Args:
+        direction: closing direction in the world xy plane.
+        current: current gripper yaw.
+        wrist: current angle of the last arm joint (rad).
     """
-    yaw = float(np.arctan2(direction[0], -direction[1]))
-    return current + wrap(yaw - current, np.pi)
+    yaw = current + wrap(float(np.arctan2(direction[0], -direction[1])) - current, np.pi)
+    other = yaw - np.pi if yaw > current else yaw + np.pi
+    return min((yaw, other), key=lambda y: abs(wrist - (y - current)))
 
 
 def _objects(p: dict[str, Any]) -> dict[str, Any]:
     return p["objects"]["objects"]
+
+
+def rim_directions(p: dict[str, Any], obj: str, box: ObjectBox) -> list[np.ndarray]:
+    """Sides of a wide object (bowl) to grasp its rim from, best first.
+
+    Each of 8 directions is scored by the clearance between the fingers (and, for tall neighbours, the
+    hand above them) and the other objects' footprints, capped at 3 cm, so any side with room is as good
+    as any other; ties go to the side facing the robot (world -x), which leaves the most room above
+    the object for the hand.
+    """
+    z = box.top - 0.02
+    others = [ObjectBox(pose) for name, pose in _objects(p).items() if name != obj and "box_lo" in pose]
+    scored = []
+    for angle in np.arange(8) * np.pi / 4:
+        u = np.array([np.cos(angle), np.sin(angle)])
+        g = box.center[:2] + (box.radius - RIM_INSET) * u
+        clearance = 0.03
+        for other in others:
+            if other.top < z - 0.015:
+                continue
+            offsets = [-0.045, 0.0, 0.045] + ([-0.11, -0.08, 0.08, 0.11] if other.top > z + 0.06 else [])
+            clearance = min(clearance, *(other.xy_distance(g + s * u) for s in offsets))
+        scored.append((clearance - 1e-3 * float(u[0]), angle, u))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    return [u for _, _, u in scored]
 
 
 def _target_top_and_xy(p: dict[str, Any], target: str) -> tuple[np.ndarray, float]:
@@ -123,19 +171,29 @@ def libero_plan(p0: dict[str, Any]) -> list[Phase]:
         raise ValueError(f"goal object {obj!r} not in the scene objects {sorted(_objects(p0))}")
     box0 = ObjectBox(_objects(p0)[obj])
     rim = box0.narrow_side()[1] > MAX_OPENING
+    # A missed rim grasp retries from the next-best side.
+    rim_sides = rim_directions(p0, obj, box0) if rim else []
+    attempt = [0]
     bottom0 = box0.bottom
+    # Grip height above the object's bottom, used until the object is actually held (a missed grasp
+    # must not make the carry height run away with the empty gripper).
+    held0 = (box0.top - 0.02 if rim else max(box0.top - GRASP_DEPTH, float(box0.center[2]))) - bottom0
+
+    def held(p: dict[str, Any], box: ObjectBox) -> float:
+        return float(p["eef_pos"][2] - box.bottom) if box.bottom > bottom0 + 0.01 else held0
 
     def grasp(p: dict[str, Any]) -> Target:
         box = ObjectBox(_objects(p)[obj])
         yaw_now = gripper_yaw(p["eef_mat"])
+        wrist = float(p["joint_pos"][-1])
         if rim:
-            u = ROBOT_SIDE
+            u = rim_sides[attempt[0] % len(rim_sides)]
             xy = box.center[:2] + (box.radius - RIM_INSET) * u
             z = box.top - 0.02
-            return np.array([*xy, z]), closing_yaw(u, yaw_now)
+            return np.array([*xy, z]), closing_yaw(u, yaw_now, wrist)
         u, _ = box.narrow_side()
         z = max(box.top - GRASP_DEPTH, float(box.center[2]))
-        return np.array([*box.center[:2], z]), closing_yaw(u, yaw_now)
+        return np.array([*box.center[:2], z]), closing_yaw(u, yaw_now, wrist)
 
     def place(p: dict[str, Any]) -> Target:
         box = ObjectBox(_objects(p)[obj])
@@ -143,16 +201,19 @@ def libero_plan(p0: dict[str, Any]) -> list[Phase]:
         xy, top = _target_top_and_xy(p, target)
         # Keep the live grip offset so the object's centre (not the gripper) lands on the target.
         off = eef[:2] - box.center[:2]
-        z = top + PLACE_CLEARANCE + (eef[2] - box.bottom)
+        z = top + PLACE_CLEARANCE + held(p, box)
         return np.array([*(xy + off), z]), None
 
     def carry_z(p: dict[str, Any]) -> float:
         # Above the release height, and the object's bottom at least 8 cm over where it started.
-        held = p["eef_pos"][2] - ObjectBox(_objects(p)[obj]).bottom
-        return float(max(place(p)[0][2] + 0.06, bottom0 + 0.08 + held))
+        box = ObjectBox(_objects(p)[obj])
+        return float(max(place(p)[0][2] + 0.06, bottom0 + 0.08 + held(p, box)))
 
     def lifted(p: dict[str, Any]) -> bool:
-        return ObjectBox(_objects(p)[obj]).bottom > bottom0 + 0.02
+        ok = ObjectBox(_objects(p)[obj]).bottom > bottom0 + 0.02
+        if not ok:
+            attempt[0] += 1
+        return ok
 
     return pick_and_place_plan(grasp, place, lifted=lifted, hover=0.08, carry_z=carry_z, release_steps=10)
 
