@@ -8,12 +8,15 @@ unless the subclass overrides :meth:`SimEnv._load_init_states` (LIBERO ships its
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import difflib
 import io
 import json
 import os
 import string
 import tempfile
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,18 @@ STATE_DIM = 8
 # Seeds robosuite's global-RNG use at model build (e.g. Lift's random cube size), so every process
 # builds the same model and the stored init states fit it.
 MODEL_BUILD_SEED = 0
+
+
+_LIVE_ENVS: weakref.WeakSet[SimEnv] = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _close_live_envs() -> None:
+    # Free GL contexts before robosuite's own atexit eglTerminate; after it, robosuite's
+    # __del__ fails noisily. Registered after robosuite's GL import, so it runs first (LIFO).
+    for env in list(_LIVE_ENVS):
+        with contextlib.suppress(Exception):
+            env.close()
 
 
 def unknown_name_error(kind: str, name: object, known: list[str]) -> ValueError:
@@ -196,6 +211,11 @@ class SimEnv(gym.Env):
         self._steps = 0
         self._needs_reset = True
         self._init_index = -1
+        _LIVE_ENVS.add(self)
+        global _ATEXIT_REGISTERED
+        if not _ATEXIT_REGISTERED:
+            atexit.register(_close_live_envs)
+            _ATEXIT_REGISTERED = True
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -350,6 +370,10 @@ class SimEnv(gym.Env):
         """Free the robosuite env and its GL context."""
         env = getattr(self, "rs_env", None)
         if env is not None:
+            ctx = getattr(getattr(env, "sim", None), "_render_context_offscreen", None)
+            if ctx is not None:
+                # Free GL objects in their own context, not in another env's current one.
+                ctx.gl_ctx.make_current()
             try:
                 env.close()
             finally:
@@ -386,6 +410,9 @@ class SimEnv(gym.Env):
             from sim.render import apply_render_settings, render_camera
 
             sim = self.rs_env.sim
+            # robosuite makes a GL context current only when creating it; with several envs in one
+            # process the last one created would be current for all of them (wrong images).
+            sim._render_context_offscreen.gl_ctx.make_current()
             apply_render_settings(sim, self.render_cfg)
             agent = render_camera(sim, self.render_cfg.agentview_camera, s)
             wrist = render_camera(sim, self.render_cfg.wrist_camera, s)

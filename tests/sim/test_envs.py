@@ -193,6 +193,21 @@ def test_images_are_upright_and_not_mirrored(goal_env):
     assert img[-size // 4 :].mean() > img[: size // 4].mean()
 
 
+def test_several_envs_in_one_process_render_their_own_scene(goal_env):
+    from sim.configs import RenderConfig
+    from sim.suites import make_env
+
+    ref = goal_env.reset(options={"init_state": 3})[0][AGENT]
+    other = make_env("robosuite_stock", "lift", render=RenderConfig.tiny())
+    try:
+        lift_img = other.reset(options={"init_state": 0})[0][AGENT]
+        np.testing.assert_array_equal(goal_env.reset(options={"init_state": 3})[0][AGENT], ref)
+        assert not np.array_equal(lift_img, ref)
+    finally:
+        other.close()  # frees its GL objects in its own context
+    np.testing.assert_array_equal(goal_env.reset(options={"init_state": 3})[0][AGENT], ref)
+
+
 def test_render_settings_reach_the_mujoco_context(goal_env):
     import mujoco
 
