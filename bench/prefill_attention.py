@@ -50,6 +50,12 @@ class PrefillBenchConfig:
     sweep: int = 0  # 1: also time launch-config variants at the longest length
     out_dir: str = ""
     seed: int = 0
+    lm: int = 0  # 1: train the policy backbone as a byte-level LM on Python sources, score its attention
+    lm_only: int = 0  # 1: skip the synthetic lengths
+    lm_train_seconds: float = 60.0
+    lm_train_len: int = 8192
+    lm_eval_len: int = 16384
+    lm_tokens_per_step: int = 65536
 
 
 def _parse(argv: list[str]) -> PrefillBenchConfig:
@@ -67,6 +73,13 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
     """Median milliseconds of ``fn`` over ``reps`` runs, timed with CUDA events after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
+    if not torch.cuda.is_available():  # CPU smoke runs only
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -306,12 +319,174 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
                 log.info("scoring sweep %s: %.2f ms", c, ms)
 
 
+def python_corpus(max_bytes: int = 48 << 20) -> torch.Tensor:
+    """Bytes of the Python sources installed on this machine (stdlib and site-packages), uint8."""
+    import sysconfig
+
+    chunks, total = [], 0
+    for root in dict.fromkeys([sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]):
+        for path in sorted(Path(root).rglob("*.py")):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            chunks.append(data)
+            total += len(data)
+            if total >= max_bytes:
+                break
+        if total >= max_bytes:
+            break
+    if total < 1 << 20:
+        raise SystemExit(f"found only {total} bytes of Python source; need at least 1 MiB")
+    return torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
+
+
+def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
+    """Train the policy backbone (vla.backbones.decoder) as a byte LM, then score its learned attention."""
+    from kernels.streaming_heads import mass_outside_window
+    from vla.backbones import decoder as dec
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    act = torch.bfloat16 if dev.type == "cuda" else torch.float32  # the Triton interpreter lacks bf16 dots
+    torch.manual_seed(cfg.seed)
+    corpus = python_corpus().to(dev)
+    hold = corpus[-(4 << 20) :]
+    train = corpus[: -(4 << 20)]
+    mcfg = dec.DecoderConfig(
+        hidden_size=512,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=64,
+        intermediate_size=1376,
+        rope_theta=500000.0,
+        vocab_size=256,
+        tie_word_embeddings=True,
+    )
+    model = dec.Decoder(mcfg).to(dev)
+    dec.init_weights(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    t_len, batch = cfg.lm_train_len, max(1, cfg.lm_tokens_per_step // cfg.lm_train_len)
+
+    def sample(src: torch.Tensor, n: int, length: int) -> torch.Tensor:
+        starts = torch.randint(0, src.numel() - length - 1, (n,), device=dev)
+        return src[starts[:, None] + torch.arange(length + 1, device=dev)].long()
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model.logits(x[:, :-1])
+        return F.cross_entropy(logits.float().reshape(-1, 256), x[:, 1:].reshape(-1))
+
+    with torch.no_grad():
+        loss0 = loss_of(sample(hold, 2, t_len)).item()
+    start, step = time.time(), 0
+    while time.time() - start < cfg.lm_train_seconds:
+        lr = 2e-3 * min(1.0, (step + 1) / 50)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = loss_of(sample(train, batch, t_len))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+    with torch.no_grad():
+        loss1 = loss_of(sample(hold, 2, t_len)).item()
+    rows.append(
+        {
+            "kind": "lm_train",
+            "steps": step,
+            "seconds": time.time() - start,
+            "train_len": t_len,
+            "batch": batch,
+            "heldout_bits_per_byte_before": loss0 / math.log(2),
+            "heldout_bits_per_byte_after": loss1 / math.log(2),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+    )
+    log.info("LM: %d steps, held-out bits/byte %.3f -> %.3f", step, loss0 / math.log(2), loss1 / math.log(2))
+    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    real_attention = dec.attention
+
+    def recording(q, k, v, **kw):
+        captured.append((q.detach(), k.detach(), v.detach()))
+        return real_attention(q, k, v, **kw)
+
+    x = sample(hold, 1, cfg.lm_eval_len)[:, :-1]
+    dec.attention = recording
+    try:
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            model.logits(x)
+    finally:
+        dec.attention = real_attention
+    bs, t = 64, cfg.lm_eval_len
+    n = -(-t // bs)
+    vis = visible_blocks(t, t, bs, True, dev)
+    res = {}
+    for layer, (q, k, v) in enumerate(captured):
+        q, k, v = (z.to(act).contiguous() for z in (q, k, v))
+        h = q.shape[2]
+        _, true_mass = xattn_select(q, k, stride=1, tau=1.0, block_size=bs, return_mass=True, impl="triton")
+        dense = real_attention(q, k, v, causal=True)
+        t_sdpa = timed(lambda q=q, k=k, v=v: real_attention(q, k, v, causal=True), 10)
+        outside = mass_outside_window(q, k, sink=64, local=1024)
+        for stride in (8, 16):
+
+            def e2e(q=q, k=k, v=v, stride=stride):
+                index, _ = xattn_select(q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton")
+                return block_sparse_attn_fwd(
+                    q, k, v, index, block_size=bs, scale=q.shape[-1] ** -0.5, causal=True
+                )
+
+            index, _ = xattn_select(q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton")
+            keep = torch.zeros(1, h, n, n + 1, dtype=torch.bool, device=dev)
+            valid = torch.arange(index.idx.shape[-1], device=dev) < index.cnt[..., None]
+            keep.scatter_(-1, torch.where(valid, index.idx.long(), n), True)
+            keep = keep[..., :n] & vis
+            row = {
+                "kind": "lm_xattn",
+                "layer": layer,
+                "seq_len": t,
+                "block_size": bs,
+                "stride": stride,
+                "tau": cfg.tau,
+                "density": causal_density(index, n),
+                "mass_recall_vs_oracle": mass_recall(true_mass, keep),
+                "kept_true_mass_share": ((true_mass * keep).sum() / true_mass.sum()).item(),
+                "rel_err_vs_dense": rel_rms(dense.float(), e2e().float()),
+                "e2e_ms": timed(e2e, 10),
+                "sdpa_ms": t_sdpa,
+                "head_outside_mass_sink64_local1024": [round(float(o), 4) for o in outside],
+            }
+            rows.append(row)
+            log.info("LM %s", json.dumps(row))
+    lm = [r for r in rows if r["kind"] == "lm_xattn"]
+    res["lm_xattn_mass_recall_vs_oracle"] = min(r["mass_recall_vs_oracle"] for r in lm)
+    res["lm_xattn_mass_recall_vs_oracle_mean"] = statistics.mean(r["mass_recall_vs_oracle"] for r in lm)
+    res["lm_xattn_density_mean"] = statistics.mean(r["density"] for r in lm)
+    res["lm_xattn_rel_err_vs_dense_max"] = max(r["rel_err_vs_dense"] for r in lm)
+    return res
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = _parse(sys.argv[1:])
+    torch.backends.cuda.matmul.allow_tf32 = True
+    if cfg.lm_only:  # the learned-attention part alone, written to prefill_attention_lm.json
+        rows: list[dict] = []
+        res = lm_rows(cfg, rows)
+        path = write_results(
+            "prefill_attention_lm",
+            rows=rows,
+            headline=res,
+            config=dataclasses.asdict(cfg),
+            device=device_name(),
+            out_dir=Path(cfg.out_dir) if cfg.out_dir else None,
+        )
+        log.info("wrote %s\n%s", path, json.dumps(res, indent=1))
+        return
     if not torch.cuda.is_available():
         raise SystemExit("prefill_attention needs a CUDA device")
-    torch.backends.cuda.matmul.allow_tf32 = True
     lengths = [int(x) for x in cfg.lengths.split(",")]
     rows: list[dict] = []
     per_len = {}
