@@ -88,6 +88,7 @@ class PolicyClient:
             base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
             self._http_base = base
         self.last_server_timing: dict[str, Any] = {}
+        self.retried_attempts = 0  # attempts that failed and were retried, over the client's life
 
     # ------------------------------------------------------------------ public API
     @property
@@ -172,6 +173,7 @@ class PolicyClient:
                 last = e
                 self._close_ws()
             if attempt < self.retries:
+                self.retried_attempts += 1
                 logger.warning(
                     "%s to %s failed (%s); retry %d/%d in %.2fs",
                     what,

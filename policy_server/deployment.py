@@ -128,6 +128,27 @@ fastapi_app = FastAPI(
 )
 
 
+class _WebsocketAtPrefixRoot:
+    """Route a websocket opened at the bare route prefix (``ws://host/prefix``) to the ``/`` endpoint.
+
+    Under a route prefix the path left for routing is empty, which matches no route, and Starlette
+    refuses the handshake (HTTP 403). openpi's client connects exactly there, so add the slash.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            root = scope.get("root_path", "")
+            if root and scope.get("path") == root:
+                scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
+        await self.app(scope, receive, send)
+
+
+fastapi_app.add_middleware(_WebsocketAtPrefixRoot)
+
+
 def _error_response(err: PolicyServerError) -> JSONResponse:
     return JSONResponse(err.to_payload(), status_code=err.status)
 

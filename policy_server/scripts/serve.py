@@ -10,8 +10,6 @@ Then ``PolicyClient("http://127.0.0.1:8000").infer(obs)``, or openpi's
 ``serve run policy_server.app:build_app checkpoint=DIR``.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import signal
@@ -35,6 +33,9 @@ def start_ray(cfg: ServeConfig) -> None:
         return
     # With this set before Ray starts, GCS and raylet bind 127.0.0.1 (DESIGN.md "Dependencies").
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray lowers its workers' priority (nice 15) by default; replicas answer robots in real time, so keep
+    # them at the server's own priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(include_dashboard=False, num_cpus=cfg.ray_num_cpus)
 
 
@@ -60,6 +61,10 @@ def run_server(cfg: ServeConfig, *, blocking: bool = True) -> str:
             cfg.http.host,
             cfg.api_key_env,
         )
+    stop = threading.Event()
+    if blocking:  # installed first, so that Ctrl-C during start-up also ends in a clean shutdown
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
     start_ray(cfg)
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
     serve.run(build_deployment(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix)
@@ -74,10 +79,8 @@ def run_server(cfg: ServeConfig, *, blocking: bool = True) -> str:
         prefix or "/",
     )
     if blocking:
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         stop.wait()
+        logger.info("shutting down")
         serve.shutdown()
     return url
 
