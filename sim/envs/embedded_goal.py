@@ -79,12 +79,14 @@ def _robosuite_scene_class() -> type:
         def __init__(self, name: str, half_size=BIN_HALF, wall=BIN_WALL, rgba=(0.45, 0.3, 0.2, 1.0)) -> None:
             hx, hy, hz = half_size
             args: dict[str, Any] = {}
+            # Walls stand on the base (not on the table): 4 table contacts instead of 20.
+            wz, whz = wall / 2, hz - wall / 2
             parts = [
                 ("base", (0, 0, -hz + wall / 2), (hx, hy, wall / 2)),
-                ("wall_px", (hx - wall / 2, 0, 0), (wall / 2, hy, hz)),
-                ("wall_nx", (-hx + wall / 2, 0, 0), (wall / 2, hy, hz)),
-                ("wall_py", (0, hy - wall / 2, 0), (hx, wall / 2, hz)),
-                ("wall_ny", (0, -hy + wall / 2, 0), (hx, wall / 2, hz)),
+                ("wall_px", (hx - wall / 2, 0, wz), (wall / 2, hy, whz)),
+                ("wall_nx", (-hx + wall / 2, 0, wz), (wall / 2, hy, whz)),
+                ("wall_py", (0, hy - wall / 2, wz), (hx - wall, wall / 2, whz)),
+                ("wall_ny", (0, -hy + wall / 2, wz), (hx - wall, wall / 2, whz)),
             ]
             for gname, loc, size in parts:
                 add_to_dict(
