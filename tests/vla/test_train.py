@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -198,3 +199,22 @@ def test_ray_torchtrainer_two_cpu_workers(synth, tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4]
     assert vla.load_policy(out / "checkpoints" / "last" / "pretrained_model").metadata["chunk_size"] == 10
+
+
+def test_bad_settings_give_clear_errors(synth, tmp_path):
+    with pytest.raises(ValueError, match="not a folder"):
+        DatasetConfig(root=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        OptimConfig(steps=5, warmup_steps=10)
+    with pytest.raises(ValueError, match=r"lacks features \['observation.images.side'\]"):
+        make_dataset(
+            DatasetConfig(repo_id="local/synthetic", root=str(synth)),
+            CotVlaConfig.tiny(camera_keys=["observation.images.agentview", "observation.images.side"]),
+        )
+    from vla.training import OptimConfig as O
+
+    sched = [O(lr=1.0, warmup_steps=4, steps=20, min_lr_ratio=0.1).lr_factor(s) for s in range(20)]
+    assert sched[0] == pytest.approx(0.25)
+    assert sched[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(sched))
+    assert sched[-1] >= 0.1
