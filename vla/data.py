@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from vla.configs import CotVlaConfig
 from vla.constants import ACTION, ACTION_IS_PAD, OBS_AGENTVIEW, OBS_STATE, SUBGOAL_IMAGE, TASK
@@ -29,12 +31,16 @@ class DatasetConfig:
         root: local dataset folder (what ``vla-collect`` wrote); ``None`` = the LeRobot cache / hub.
         episodes: subset of episode indices; ``None`` = all.
         video_backend: LeRobot video decoder (``torchcodec`` or ``pyav``); ``None`` = LeRobot's default.
+        preload: decode every frame once (one sequential pass per episode and camera, resized to the
+            policy's sizes) and build the same windows in memory (:class:`PreloadedWindows`). Random
+            access into AV1 videos costs a seek per sample; this is much faster on small datasets.
     """
 
     repo_id: str = "local/embedded_goal"
     root: str | None = None
     episodes: list[int] | None = None
     video_backend: str | None = None
+    preload: bool = False
 
     def __post_init__(self) -> None:
         if self.root is not None and not Path(self.root).is_dir():
@@ -75,7 +81,93 @@ def make_dataset(cfg: DatasetConfig, policy: CotVlaConfig | None = None) -> Any:
     kw: dict[str, Any] = {"root": cfg.root, "episodes": cfg.episodes, "delta_timestamps": dts}
     if cfg.video_backend:
         kw["video_backend"] = cfg.video_backend
-    return LeRobotDataset(cfg.repo_id, **kw)
+    ds = LeRobotDataset(cfg.repo_id, **kw)
+    if cfg.preload and policy is not None:
+        return PreloadedWindows(ds, policy)
+    return ds
+
+
+def load_frames(ds: Any, key: str, size: int | None = None) -> Tensor:
+    """Every frame of camera ``key`` in dataset order, uint8 `(N, 3, S, S)` (resized to ``size`` if given).
+
+    Videos are decoded with one call per episode (one seek, then sequential decoding).
+    """
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    hf = ds.hf_dataset.with_format("numpy")
+    ep_index = np.asarray(hf["episode_index"])
+    out: list[Tensor] = []
+    if key in ds.meta.video_keys:
+        stamps = np.asarray(hf["timestamp"], dtype=np.float64)
+        starts = np.flatnonzero(np.r_[True, ep_index[1:] != ep_index[:-1]])
+        ends = np.r_[starts[1:], len(ep_index)]
+        for s, e in zip(starts, ends, strict=True):
+            ep = int(ep_index[s])
+            offset = ds.meta.episodes[ep][f"videos/{key}/from_timestamp"]
+            path = ds.root / ds.meta.get_video_file_path(ep, key)
+            frames = decode_video_frames(
+                path, [offset + float(t) for t in stamps[s:e]], ds.tolerance_s, ds.video_backend
+            )
+            out.append(_to_uint8(frames, size))
+    else:
+        for i in range(len(ep_index)):
+            out.append(_to_uint8(ds.hf_dataset[i][key][None], size))
+    return torch.cat(out)
+
+
+def _to_uint8(frames: Tensor, size: int | None) -> Tensor:
+    if size is not None and frames.shape[-2:] != (size, size):
+        frames = F.interpolate(
+            frames.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class PreloadedWindows(torch.utils.data.Dataset):
+    """The windows of :func:`delta_timestamps`, built from frames decoded once into memory.
+
+    Same items as the LeRobotDataset with delta timestamps (indices clamped to the episode, ``*_is_pad``
+    past its end), with camera frames resized to ``max(vision size, tokenizer size)``.
+    """
+
+    def __init__(self, ds: Any, policy: CotVlaConfig) -> None:
+        self.ds, self.policy = ds, policy
+        self.hf_dataset = ds.hf_dataset
+        hf = ds.hf_dataset.with_format("numpy")
+        self.ep_index = np.asarray(hf["episode_index"])
+        starts = np.flatnonzero(np.r_[True, self.ep_index[1:] != self.ep_index[:-1]])
+        ends = np.r_[starts[1:], len(self.ep_index)]
+        self.ep_start = np.repeat(starts, ends - starts)
+        self.ep_end = np.repeat(ends, ends - starts)
+        self.actions = torch.from_numpy(np.stack(list(hf[ACTION])).astype(np.float32))
+        self.states = torch.from_numpy(np.stack(list(hf[OBS_STATE])).astype(np.float32))
+        tasks = ds.meta.tasks
+        by_index = {int(i): t for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
+        self.tasks = [by_index[int(i)] for i in np.asarray(hf["task_index"])]
+        size = max(policy.image_size, policy.tokenizer.image_size)
+        self.frames = {k: load_frames(ds, k, size) for k in policy.camera_keys}
+
+    def __len__(self) -> int:
+        return len(self.ep_index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        cfg = self.policy
+        s, e = int(self.ep_start[i]), int(self.ep_end[i])
+        steps = np.arange(i, i + cfg.chunk_size)
+        item: dict[str, Any] = {
+            OBS_STATE: self.states[i],
+            ACTION: self.actions[np.clip(steps, s, e - 1)],
+            ACTION_IS_PAD: torch.from_numpy(steps >= e),
+            TASK: self.tasks[i],
+        }
+        for key, frames in self.frames.items():
+            item[key] = frames[i].float() / 255
+        if cfg.use_cot:
+            j = min(i + cfg.subgoal_offset, e - 1)
+            item[OBS_AGENTVIEW] = (
+                torch.stack([self.frames[OBS_AGENTVIEW][i], self.frames[OBS_AGENTVIEW][j]]).float() / 255
+            )
+        return item
 
 
 def compute_norm_stats(dataset: Any) -> NormStats:

@@ -53,6 +53,23 @@ def test_windows_follow_delta_timestamps(synth):
         )
 
 
+def test_preloaded_windows_equal_lerobot_items(synth):
+    cfg = CotVlaConfig.tiny()
+    ref = make_dataset(DatasetConfig(repo_id="local/synthetic", root=str(synth)), cfg)
+    pre = make_dataset(DatasetConfig(repo_id="local/synthetic", root=str(synth), preload=True), cfg)
+    assert len(pre) == len(ref) == 32
+    for i in (0, 5, 14, 15, 16, 31):  # episode starts, ends and a clamped subgoal
+        a, b = ref[i], pre[i]
+        for key in (OBS_AGENTVIEW, "observation.images.wrist", "observation.state", ACTION, "action_is_pad"):
+            assert a[key].shape == b[key].shape, key
+            torch.testing.assert_close(b[key], a[key], atol=1 / 255, rtol=0, msg=key)
+        assert a["task"] == b["task"]
+    sub = make_dataset(
+        DatasetConfig(repo_id="local/synthetic", root=str(synth), episodes=[1], preload=True), cfg
+    )
+    assert len(sub) == 16 and sub[0]["task"] == "move the square down"
+
+
 def test_tokenizer_training_improves_psnr(synth, tmp_path):
     torch.manual_seed(0)
     cfg = TokenizerTrainConfig(
@@ -61,7 +78,6 @@ def test_tokenizer_training_improves_psnr(synth, tmp_path):
         output_dir=str(tmp_path),
         steps=150,
         batch_size=16,
-        num_workers=0,
         lr=2e-3,
     )
     report = train_tokenizer(cfg)
@@ -216,5 +232,5 @@ def test_bad_settings_give_clear_errors(synth, tmp_path):
     sched = [O(lr=1.0, warmup_steps=4, steps=20, min_lr_ratio=0.1).lr_factor(s) for s in range(20)]
     assert sched[0] == pytest.approx(0.25)
     assert sched[3] == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(sched))
+    assert all(a >= b for a, b in itertools.pairwise(sched[3:]))
     assert sched[-1] >= 0.1

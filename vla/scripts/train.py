@@ -85,6 +85,7 @@ class TrainConfig:
         tokenizer_steps: with CoT and no ``policy.tokenizer_path``, train the tokenizer first for this many
             steps (0 keeps a random tokenizer; only sensible for smoke tests).
         tokenizer_batch_size: tokenizer batch size for that pre-step.
+        tokenizer_max_frames: frames kept in memory for that pre-step.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: random seed.
     """
@@ -102,6 +103,7 @@ class TrainConfig:
     resume: bool = False
     tokenizer_steps: int = 2000
     tokenizer_batch_size: int = 64
+    tokenizer_max_frames: int = 20000
     device: str = "auto"
     seed: int = 0
 
@@ -129,7 +131,7 @@ def _prepare_tokenizer(cfg: TrainConfig) -> TrainConfig:
                 output_dir=str(tok_dir.parent),
                 steps=cfg.tokenizer_steps,
                 batch_size=cfg.tokenizer_batch_size,
-                num_workers=cfg.num_workers,
+                max_frames=cfg.tokenizer_max_frames,
                 device=cfg.device,
                 seed=cfg.seed,
             )

@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import draccus
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from vla.constants import OBS_AGENTVIEW
-from vla.data import DatasetConfig, make_dataset
+from vla.data import DatasetConfig, load_frames, make_dataset
 from vla.tokenizer.fsq import FSQAutoencoder, FSQConfig, atomic_write_text, psnr
 from vla.training import MetricsLogger, resolve_device, seed_everything
 
@@ -39,9 +40,8 @@ class TokenizerTrainConfig:
         steps: optimizer steps.
         batch_size: frames per step.
         lr: Adam learning rate (cosine-decayed to 10%).
-        max_frames: at most this many training frames are decoded into memory (evenly spaced).
+        max_frames: at most this many training frames are kept in memory (evenly spaced).
         holdout_episodes: last episodes kept out for the PSNR report.
-        num_workers: DataLoader workers used while decoding frames.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: random seed.
     """
@@ -54,7 +54,6 @@ class TokenizerTrainConfig:
     lr: float = 1e-3
     max_frames: int = 20000
     holdout_episodes: int = 1
-    num_workers: int = 2
     device: str = "auto"
     seed: int = 0
 
@@ -65,43 +64,20 @@ class TokenizerTrainConfig:
             raise ValueError("holdout_episodes must be >= 0")
 
 
-def _stack_agentview(items: list[dict]) -> torch.Tensor:
-    return torch.stack([it[OBS_AGENTVIEW] for it in items])
-
-
 def _load_frames(cfg: TokenizerTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode agentview frames into uint8 tensors `(N, 3, S, S)`: (train, held-out)."""
     ds = make_dataset(cfg.dataset)
-    ep = torch.as_tensor(ds.hf_dataset.with_format("numpy")["episode_index"])
+    frames = load_frames(ds, OBS_AGENTVIEW, cfg.tokenizer.image_size)
+    ep = torch.as_tensor(np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"]))
     episodes = sorted(set(ep.tolist()))
     hold = set(episodes[-cfg.holdout_episodes :]) if cfg.holdout_episodes and len(episodes) > 1 else set()
-    is_hold = torch.tensor([int(e) in hold for e in ep.tolist()])
-    train_idx = torch.nonzero(~is_hold).flatten()
-    hold_idx = torch.nonzero(is_hold).flatten()
-    if len(train_idx) > cfg.max_frames:
-        train_idx = train_idx[torch.linspace(0, len(train_idx) - 1, cfg.max_frames).long()]
-    hold_idx = (
-        hold_idx[torch.linspace(0, max(len(hold_idx) - 1, 0), min(len(hold_idx), 512)).long()]
-        if len(hold_idx)
-        else hold_idx
-    )
-    s = cfg.tokenizer.image_size
-
-    def decode(indices: torch.Tensor) -> torch.Tensor:
-        if len(indices) == 0:
-            return torch.zeros(0, 3, s, s, dtype=torch.uint8)
-        sub = torch.utils.data.Subset(ds, indices.tolist())
-        loader = torch.utils.data.DataLoader(
-            sub, batch_size=64, num_workers=cfg.num_workers, collate_fn=_stack_agentview
-        )
-        out = []
-        for imgs in tqdm(loader, desc="decoding frames", leave=False):
-            if imgs.shape[-2:] != (s, s):
-                imgs = F.interpolate(imgs, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-            out.append((imgs.clamp(0, 1) * 255).round().to(torch.uint8))
-        return torch.cat(out)
-
-    return decode(train_idx), decode(hold_idx)
+    is_hold = torch.tensor([int(e) in hold for e in ep.tolist()], dtype=torch.bool)
+    train, held = frames[~is_hold], frames[is_hold]
+    if len(train) > cfg.max_frames:
+        train = train[torch.linspace(0, len(train) - 1, cfg.max_frames).long()]
+    if len(held) > 512:
+        held = held[torch.linspace(0, len(held) - 1, 512).long()]
+    return train, held
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> dict[str, float]:
