@@ -67,7 +67,8 @@ def test_preloaded_windows_equal_lerobot_items(synth):
     sub = make_dataset(
         DatasetConfig(repo_id="local/synthetic", root=str(synth), episodes=[1], preload=True), cfg
     )
-    assert len(sub) == 16 and sub[0]["task"] == "move the square down"
+    assert len(sub) == 16
+    assert sub[0]["task"] == "move the square down"
 
 
 def test_tokenizer_training_improves_psnr(synth, tmp_path):
