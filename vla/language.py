@@ -107,6 +107,7 @@ class TextEncoder:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return path
 

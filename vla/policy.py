@@ -79,10 +79,12 @@ class Policy(nn.Module, ABC):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; checkpoints are shared (servers, other users)
         try:
             with open(tmp / CONFIG_FILE, "w") as f:
                 draccus.dump(self.config_to_save(), f)
             save_file(self.state_dict_to_save(), str(tmp / WEIGHTS_FILE))
+            os.chmod(tmp / WEIGHTS_FILE, 0o644)
             if metadata is not None:
                 (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
             self.extra_files(tmp)

@@ -114,6 +114,7 @@ def save_training_state(path: Path, step: int, opt: torch.optim.Optimizer, sched
     fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
     os.close(fd)
     save_file(tensors, tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path / "optimizer.safetensors")
     meta = {
         "step": step,
@@ -127,6 +128,7 @@ def save_training_state(path: Path, step: int, opt: torch.optim.Optimizer, sched
     fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(meta, f)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path / "training_state.json")
 
 

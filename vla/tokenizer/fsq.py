@@ -177,6 +177,7 @@ class FSQAutoencoder(nn.Module):
         fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
         os.close(fd)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path / TOKENIZER_WEIGHTS)
         atomic_write_text(path / TOKENIZER_CONFIG, json.dumps(asdict(self.cfg), indent=2))
         return path
@@ -208,4 +209,5 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
