@@ -341,16 +341,25 @@ def _start_ray(num_workers: int) -> bool:
 
     if ray.is_initialized():
         return False
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    env_vars.setdefault("OMP_NUM_THREADS", "1")
     ray.init(
-        num_cpus=num_workers,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": env_vars},
+        num_cpus=num_workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
     )
     return True
+
+
+def worker_env_vars(num_workers: int) -> dict[str, str]:
+    """Env vars of each Ray worker: the driver's rendering settings, and a fair share of the cores.
+
+    Mesa's llvmpipe renders with one thread per core by default, so a single rendering process already
+    fills a small machine and N such workers would only fight over the same cores. Each worker gets
+    ``cores // num_workers`` render threads (``LP_NUM_THREADS``) and one OpenMP thread, unless the caller
+    set those variables.
+    """
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env["LP_NUM_THREADS"] = os.environ.get("LP_NUM_THREADS", str(max(1, cores // num_workers)))
+    return env
 
 
 def _run_jobs_local(cfg: EvalConfig, jobs: list[Job]) -> tuple:
@@ -408,7 +417,8 @@ def _run_jobs_ray(cfg: EvalConfig, jobs: list[Job]) -> tuple:
     bar = tqdm(total=len(jobs), desc=f"eval {cfg.suite} ({cfg.num_workers} workers)", unit="ep", disable=None)
     started = _start_ray(cfg.num_workers)
     try:
-        actor_cls = ray.remote(num_cpus=1)(EvalWorker)
+        runtime_env = {"env_vars": worker_env_vars(cfg.num_workers)}
+        actor_cls = ray.remote(num_cpus=1, runtime_env=runtime_env)(EvalWorker)
         actors = [actor_cls.remote(cfg) for _ in range(min(cfg.num_workers, len(jobs)))]
         pool = ActorPool(actors)
         by_key: dict[tuple[str, int], dict[str, Any]] = {}
