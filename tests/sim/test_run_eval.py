@@ -247,3 +247,17 @@ def test_bad_policy_specs():
     assert a.dtype == np.float32
     assert np.abs(a).max() <= 1.0
     np.testing.assert_array_equal(pol.infer({})["actions"], a)  # reset re-seeds
+
+
+def test_worker_env_shares_cores(monkeypatch):
+    from sim.run_eval import worker_env_vars
+
+    monkeypatch.delenv("LP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert worker_env_vars(1)["LP_NUM_THREADS"] == "4"
+    assert worker_env_vars(2)["LP_NUM_THREADS"] == "2"
+    assert worker_env_vars(8)["LP_NUM_THREADS"] == "1"
+    assert worker_env_vars(2)["MUJOCO_GL"] == "egl"
+    monkeypatch.setenv("LP_NUM_THREADS", "3")  # an explicit setting wins
+    assert worker_env_vars(2)["LP_NUM_THREADS"] == "3"
