@@ -26,7 +26,12 @@ from sim.base import SimEnv, Suite, TaskSpec, robosuite_kwargs, unknown_name_err
 from sim.configs import RenderConfig
 
 # OpenVLA-style limits (libero-probe.md §4: "220 / 280 / 300 / 520 steps ... with 10 wait steps").
-MAX_STEPS: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
+MAX_STEPS: dict[str, int] = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+}
 WAIT_STEPS = 10
 SUITES = tuple(MAX_STEPS)
 
@@ -83,7 +88,9 @@ def build_suite(name: str) -> Suite:
                 },
             )
         )
-    return Suite(name=name, tasks=tuple(tasks), description=f"LIBERO {name} through hf-libero (official init states)")
+    return Suite(
+        name=name, tasks=tuple(tasks), description=f"LIBERO {name} through hf-libero (official init states)"
+    )
 
 
 def official_init_states(suite: str, task_index: int) -> np.ndarray:
@@ -102,7 +109,9 @@ def _collision_box(model: Any, data: Any, body_id: int) -> tuple[np.ndarray, np.
     R_body, p_body = data.xmat[body_id].reshape(3, 3), data.xpos[body_id]
     lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
     for g in range(model.ngeom):
-        if model.geom_bodyid[g] not in bodies or (model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0):
+        if model.geom_bodyid[g] not in bodies or (
+            model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0
+        ):
             continue
         R = R_body.T @ data.geom_xmat[g].reshape(3, 3)  # geom frame in body frame
         center = R_body.T @ (data.geom_xpos[g] - p_body) + R @ model.geom_aabb[g, :3]
@@ -167,6 +176,7 @@ class LiberoEnv(SimEnv):
                 pose["kind"] = group
                 objects[name] = pose
         sites = {}
+        joints: dict[str, Any] = {}
         for name, site in env.object_sites_dict.items():
             sid = env.sim.model.site_name2id(name)
             sites[name] = {
@@ -174,8 +184,58 @@ class LiberoEnv(SimEnv):
                 "mat": np.array(data.site_xmat[sid]).reshape(3, 3),
                 "size": np.array(site.size, dtype=float) if getattr(site, "size", None) is not None else None,
                 "parent": getattr(env.object_states_dict.get(name), "parent_name", None),
+                "joints": list(getattr(site, "joints", None) or []),
             }
-        return {"objects": objects, "sites": sites, "goal": self.goal, "suite": self.suite_name}
+        for table in (*env.objects_dict.values(), *env.fixtures_dict.values()):
+            for joint in getattr(table, "joints", None) or []:
+                # Hinges and slides only (drawers, doors, knobs); free joints are the object poses above.
+                if isinstance(joint, str) and model.jnt_type[model.joint(joint).id] in (2, 3):
+                    joints[joint] = self._joint_info(joint, table)
+        return {
+            "objects": objects,
+            "sites": sites,
+            "joints": joints,
+            "goal": self.goal,
+            "suite": self.suite_name,
+        }
+
+    def _joint_info(self, joint: str, owner: Any) -> dict[str, Any]:
+        """A hinge/slide joint of an articulated object: value, world axis and anchor, its body's geom boxes.
+
+        ``geoms`` are world-frame axis-aligned boxes ``(n, 2, 3)`` (lo, hi) of the collision geoms of the
+        body the joint moves (a drawer with its handle, a knob); ``open_sign`` is the direction of motion
+        that opens it (or turns it on) per LIBERO's articulation ranges.
+        """
+        model, data = self.rs_env.sim.model._model, self.rs_env.sim.data._data
+        jid = model.joint(joint).id
+        body = int(model.jnt_bodyid[jid])
+        if not hasattr(self, "_body_geoms"):
+            self._body_geoms: dict[int, np.ndarray] = {}
+        if body not in self._body_geoms:
+            ids = [
+                g
+                for g in range(model.ngeom)
+                if model.geom_bodyid[g] == body and (model.geom_contype[g] or model.geom_conaffinity[g])
+            ]
+            self._body_geoms[body] = np.array(ids, dtype=int)
+        ids = self._body_geoms[body]
+        R = data.geom_xmat[ids].reshape(-1, 3, 3)
+        center = data.geom_xpos[ids] + np.einsum("nij,nj->ni", R, model.geom_aabb[ids, :3])
+        half = np.einsum("nij,nj->ni", np.abs(R), model.geom_aabb[ids, 3:])
+        art = getattr(owner, "object_properties", {}).get("articulation", {})
+        opened = art.get("default_open_ranges") or art.get("default_turnon_ranges") or []
+        closed = art.get("default_close_ranges") or art.get("default_turnoff_ranges") or []
+        sign = 1.0 if not opened or not closed or max(opened) >= max(closed) else -1.0
+        return {
+            "qpos": float(data.qpos[model.jnt_qposadr[jid]]),
+            "type": int(model.jnt_type[jid]),
+            "axis": np.array(data.xaxis[jid]),
+            "anchor": np.array(data.xanchor[jid]),
+            "body": model.body(body).name,
+            "geoms": np.stack([center - half, center + half], axis=1),
+            "open_sign": sign,
+            "open_ranges": list(opened),
+        }
 
 
 def make_env(suite_name: str, task: TaskSpec, render: RenderConfig, **kw: Any) -> LiberoEnv:

@@ -1,9 +1,10 @@
 """Scripted pick-and-place expert for LIBERO tasks, from privileged simulator state.
 
-It reads the task's bddl goal (``LiberoEnv.goal``) and handles the first predicate when it is
-``On(obj, target)`` or ``In(obj, target_region)``: every libero_spatial and libero_object task, and the
-pick-and-place tasks of libero_goal. Geometry comes from ``LiberoEnv.privileged()``: body poses plus
-each object's collision-geom box in its body frame, and the sites of LIBERO's regions.
+It reads the task's bddl goal (``LiberoEnv.goal``) and handles a single ``On(obj, target)``,
+``In(obj, target_region)`` or ``TurnOn(stove)`` predicate: every libero_spatial and libero_object
+task, and 7 of the 10 libero_goal tasks (not the two drawer tasks, nor pushing the plate).
+Geometry comes from ``LiberoEnv.privileged()``: body poses plus each object's collision-geom box in
+its body frame, the sites of LIBERO's regions and the articulated joints.
 
 Grasp: across the object's narrower horizontal side, from above, a few centimetres below its top.
 Objects wider than the gripper opening (bowls) are grasped by the rim, fingers closing radially, on
@@ -21,6 +22,7 @@ import numpy as np
 
 from sim.experts.waypoints import Phase, Target, WaypointExpert, gripper_yaw, pick_and_place_plan, wrap
 
+SUPPORTED_GOALS = ("on", "in", "turnon")
 MAX_OPENING = 0.07  # m; wider objects get a rim grasp (Panda opens to about 0.08 m)
 GRASP_DEPTH = 0.03  # m below the object's top where the fingers close
 RIM_INSET = 0.012  # m from the outer rim towards the centre for a rim grasp
@@ -162,10 +164,18 @@ def libero_plan(p0: dict[str, Any]) -> list[Phase]:
     Raises:
         ValueError: the goal is not a pick-and-place predicate (e.g. ``Open``, ``TurnOn``).
     """
+    from sim.experts import libero_goal as skills
+
     goal = p0["objects"]["goal"]
     pred = goal[0] if goal else []
-    if len(pred) != 3 or pred[0].lower() not in ("on", "in"):
-        raise ValueError(f"the LIBERO expert handles On/In goals only, this task's goal is {goal}")
+    kind = pred[0].lower() if pred else ""
+    if kind == "turnon" and len(pred) == 2:
+        knobs = [j for j in p0["objects"]["joints"] if j.startswith(pred[1])]
+        if not knobs:
+            raise ValueError(f"{pred[1]!r} has no joint to turn")
+        return skills.knob_phases(p0, knobs[0])
+    if len(pred) != 3 or kind not in ("on", "in"):
+        raise ValueError(f"the LIBERO expert handles On/In/TurnOn goals, this task's goal is {goal}")
     _, obj, target = pred
     if obj not in _objects(p0):
         raise ValueError(f"goal object {obj!r} not in the scene objects {sorted(_objects(p0))}")
@@ -219,7 +229,7 @@ def libero_plan(p0: dict[str, Any]) -> list[Phase]:
 
 
 def make_libero_expert(env: Any, *, noise: float = 0.0, seed: int = 0) -> WaypointExpert:
-    """Scripted expert of a LIBERO task with an ``On``/``In`` goal (policy interface).
+    """Scripted expert of a LIBERO task with one ``On``/``In``/``TurnOn`` goal (policy interface).
 
     Args:
         env: a ``LiberoEnv``.
@@ -227,9 +237,23 @@ def make_libero_expert(env: Any, *, noise: float = 0.0, seed: int = 0) -> Waypoi
         seed: seed of the noise.
     """
     goal = env.goal
-    if not goal or goal[0][0].lower() not in ("on", "in"):
+    if len(goal) != 1 or goal[0][0].lower() not in SUPPORTED_GOALS:
         raise ValueError(
-            f"no scripted expert for LIBERO task {env.task.name!r}: its goal {goal} is not a pick-and-place "
-            "(On/In) predicate"
+            f"no scripted expert for LIBERO task {env.task.name!r}: its goal {goal} is not one of "
+            f"{SUPPORTED_GOALS} (one predicate)"
         )
+    kind, *args = goal[0]
+    if kind.lower() in ("on", "in"):
+        obj, target = args
+        if getattr(env.rs_env.object_sites_dict.get(target), "joints", None):
+            raise ValueError(
+                f"no scripted expert for LIBERO task {env.task.name!r}: {target!r} is inside a drawer, and "
+                "opening drawers is not supported"
+            )
+        box = ObjectBox(env.privileged()["objects"]["objects"][obj])
+        if box.narrow_side()[1] > MAX_OPENING and 2 * box.vertical_half < 0.03:
+            raise ValueError(
+                f"no scripted expert for LIBERO task {env.task.name!r}: {obj!r} is too wide to grasp and too "
+                "flat for a rim grasp (pushing is not supported)"
+            )
     return WaypointExpert(env, libero_plan, noise=noise, seed=seed)

@@ -273,14 +273,34 @@ def test_expert_solves_libero_spatial():
         env.close()
 
 
-def test_expert_refuses_non_pick_and_place_goal():
+def test_expert_turns_on_the_stove_and_refuses_unsupported_goals():
     from sim.configs import RenderConfig
     from sim.experts import make_expert
     from sim.suites import make_env
 
     env = make_env("libero_goal", "turn_on_the_stove", RenderConfig.off())
     try:
-        with pytest.raises(ValueError, match="turnon"):
+        obs, _ = env.reset(options={"init_state": 5})
+        expert = make_expert(env)
+        expert.reset()
+        info = {"success": False}
+        for _ in range(env.task.max_steps):
+            obs, _, term, trunc, info = env.step(expert.infer(obs)["actions"][0])
+            if term or trunc:
+                break
+        assert info["success"], f"expert failed, last phase {expert.phase_name}"
+        assert env.privileged()["objects"]["joints"]["flat_stove_1_button"]["qpos"] >= 0.5
+    finally:
+        env.close()
+    env = make_env("libero_goal", "push_the_plate_to_the_front_of_the_stove", RenderConfig.off())
+    try:
+        with pytest.raises(ValueError, match="pushing is not supported"):
+            make_expert(env)
+    finally:
+        env.close()
+    env = make_env("libero_10", 0, RenderConfig.off())
+    try:
+        with pytest.raises(ValueError, match="one predicate"):
             make_expert(env)
     finally:
         env.close()
