@@ -159,10 +159,10 @@ def _target_top_and_xy(p: dict[str, Any], target: str) -> tuple[np.ndarray, floa
 
 
 def libero_plan(p0: dict[str, Any]) -> list[Phase]:
-    """Waypoint plan for the goal's first ``On``/``In`` predicate.
+    """Waypoint plan for the goal's predicate: pick-and-place for ``On``/``In``, a knob turn for ``TurnOn``.
 
     Raises:
-        ValueError: the goal is not a pick-and-place predicate (e.g. ``Open``, ``TurnOn``).
+        ValueError: any other goal (e.g. ``Open``).
     """
     from sim.experts import libero_goal as skills
 
