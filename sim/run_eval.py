@@ -520,8 +520,20 @@ def eval_main(cfg: EvalConfig) -> dict[str, Any]:
     return results
 
 
+def underscore_flags(argv: list[str]) -> list[str]:
+    """Accept ``--num-workers=2`` as well as draccus's ``--num_workers=2`` (flag names only, not values)."""
+    out = []
+    for a in argv:
+        if a.startswith("--") and not a.startswith("---"):
+            key, sep, val = a[2:].partition("=")
+            a = "--" + key.replace("-", "_") + sep + val
+        out.append(a)
+    return out
+
+
 def main() -> None:
     """Console script ``vla-sim-eval``."""
+    sys.argv[1:] = underscore_flags(sys.argv[1:])
     eval_main()
 
 

@@ -10,12 +10,14 @@ episodes); ``--overwrite=true`` starts over.
 """
 
 import logging
+import sys
 from pathlib import Path
 
 import draccus
 
 from sim.collect import REPORT_NAME, collect
 from sim.eval_configs import CollectConfig
+from sim.run_eval import underscore_flags
 
 
 @draccus.wrap()
@@ -33,6 +35,7 @@ def collect_main(cfg: CollectConfig) -> dict:
 
 def main() -> None:
     """Console script ``vla-collect``."""
+    sys.argv[1:] = underscore_flags(sys.argv[1:])
     collect_main()
 
 

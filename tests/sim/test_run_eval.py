@@ -261,3 +261,29 @@ def test_worker_env_shares_cores(monkeypatch):
     assert worker_env_vars(2)["MUJOCO_GL"] == "egl"
     monkeypatch.setenv("LP_NUM_THREADS", "3")  # an explicit setting wins
     assert worker_env_vars(2)["LP_NUM_THREADS"] == "3"
+
+
+def test_cli_prints_table_and_accepts_hyphenated_flags(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    args = [sys.executable, "-m", "sim.run_eval", "--suite=robosuite_stock", "--tasks=[lift]", "--episodes=2"]
+    args += [
+        "--policy=random",
+        "--max-steps=3",
+        "--num-workers=1",
+        "--render.enabled=false",
+        f"--out_dir={out}",
+    ]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "lift" in p.stdout
+    assert "0/2" in p.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["max_steps"]["lift"] == 3
+    bad = subprocess.run(
+        [*args[:3], "--suite=nope"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert bad.returncode != 0
+    assert "embedded_goal" in bad.stderr  # the error lists the known suites
