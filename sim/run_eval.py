@@ -227,6 +227,7 @@ class EvalWorker:
             "policy_id": policy_id(self._policy, self.cfg.policy),
             "policy_metadata": _jsonable(policy_metadata(self._policy)),
             "replan_every": self._executor.replan_every if self._executor else None,
+            "versions": package_versions(),  # this worker's: torch shows up where the policy imported it
         }
 
     def run(self, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -487,7 +488,10 @@ def summarize(
             "control_fps": first["control_fps"],
             "render": _jsonable(asdict(cfg.render)),
         },
-        "versions": package_versions(),
+        "versions": {
+            **package_versions(),
+            **{k: v for i in infos.values() for k, v in i["versions"].items()},
+        },
         "wall_time_s": round(wall_s, 3),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -10,6 +10,7 @@ Examples:
 """
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import draccus
 
 from sim.collect import REPORT_NAME, collect
 from sim.eval_configs import CollectConfig, EvalConfig
-from sim.run_eval import dump_config_atomic, evaluate, format_table
+from sim.run_eval import dump_config_atomic, evaluate, format_table, underscore_flags
 
 STAGES = ("collect", "eval")
 
@@ -91,6 +92,7 @@ def demo_main(cfg: DemoConfig) -> dict:
 
 def main() -> None:
     """Console script ``vla-demo``."""
+    sys.argv[1:] = underscore_flags(sys.argv[1:])
     demo_main()
 
 
