@@ -64,9 +64,9 @@ def _benchmark(name: str) -> Any:
 
 def build_suite(name: str) -> Suite:
     """The ten tasks of LIBERO suite ``name`` in hf-libero's order (task order index 0)."""
+    bench = _benchmark(name)  # writes LIBERO's config before anything imports libero.libero
     from libero.libero import get_libero_path
 
-    bench = _benchmark(name)
     bddl_root = get_libero_path("bddl_files")
     tasks = []
     for i in range(bench.get_num_tasks()):

@@ -92,6 +92,19 @@ def test_setup_command_lets_libero_import_without_a_prompt(tmp_path):
     assert (cfg_dir / "config.yaml").is_file()
     ok = _import_libero(cfg_dir)
     assert ok.returncode == 0, ok.stderr
+    # The suite registry alone (no setup command run before) also never prompts.
+    fresh = {**os.environ, "LIBERO_CONFIG_PATH": str(tmp_path / "fresh")}
+    code = "from sim.suites import get_suite; assert len(get_suite('libero_spatial').tasks) == 10"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=fresh,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "fresh" / "config.yaml").is_file()
 
 
 def _fake_assets(folder: Path) -> Path:
