@@ -63,6 +63,10 @@ class CotVlaConfig(PolicyConfig):
         num_bins: bins of the discrete head.
         text_max_tokens: instruction tokens (sentence embedding + MiniLM token states, padded).
         subgoal_loss_weight: weight of the subgoal-code cross-entropy.
+        subgoal_decoding: ``ar`` (autoregressive, causal codes) or ``parallel`` (Fast-dLLM style: the code
+            block is bidirectional, trained with a masked-token objective and decoded in a few steps,
+            unmasking every code whose confidence exceeds ``parallel_threshold`` and at least one).
+        parallel_threshold: confidence threshold of parallel decoding (Fast-dLLM uses 0.9).
         camera_keys: observation keys of the cameras, in order.
         state_dim: proprioceptive state width.
         action_dim: action width.
@@ -83,6 +87,8 @@ class CotVlaConfig(PolicyConfig):
     num_bins: int = 256
     text_max_tokens: int = 24
     subgoal_loss_weight: float = 1.0
+    subgoal_decoding: str = "ar"
+    parallel_threshold: float = 0.9
     camera_keys: list[str] = field(default_factory=lambda: list(CAMERA_KEYS))
     state_dim: int = STATE_DIM
     action_dim: int = ACTION_DIM
@@ -98,6 +104,10 @@ class CotVlaConfig(PolicyConfig):
             )
         if self.subgoal_offset < 1:
             raise ValueError(f"subgoal_offset must be >= 1 control step, got {self.subgoal_offset}")
+        if self.subgoal_decoding not in ("ar", "parallel"):
+            raise ValueError(f"subgoal_decoding must be 'ar' or 'parallel', got {self.subgoal_decoding!r}")
+        if not 0.0 <= self.parallel_threshold <= 1.0:
+            raise ValueError(f"parallel_threshold must be in [0, 1], got {self.parallel_threshold}")
         if self.num_bins < 2:
             raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
         if self.backbone.vocab_size != 0:

@@ -48,6 +48,7 @@ def policy_metadata(policy: Policy) -> dict[str, Any]:
         "action_normalization": "q01/q99 per dimension (stats in normalization.json)",
         "use_cot": cfg.use_cot,
         "subgoal_offset": cfg.subgoal_offset,
+        "subgoal_decoding": cfg.subgoal_decoding if cfg.use_cot else None,
         "subgoal_image_size": [cfg.tokenizer.image_size, cfg.tokenizer.image_size] if cfg.use_cot else None,
         "subgoal_tokens": cfg.tokenizer.num_tokens if cfg.use_cot else 0,
         "text_encoder": TEXT_ENCODER_ID,

@@ -22,6 +22,7 @@ VARIANTS = {
     "cot-continuous": {"action_head": "continuous"},
     "nocot-discrete": {"use_cot": False},
     "nocot-continuous": {"use_cot": False, "action_head": "continuous"},
+    "cot-parallel": {"subgoal_decoding": "parallel"},
 }
 
 
@@ -290,3 +291,33 @@ def test_cuda_graph_decode_equals_dynamic():
         d = policy.generate(batch, decode="dynamic")
         assert torch.equal(g["codes"], d["codes"])
         torch.testing.assert_close(g["actions"], d["actions"], atol=1e-4, rtol=1e-4)
+
+
+def test_parallel_layout_mask():
+    lay = Layout(n_text=3, n_vis=4, n_codes=5, n_act=6, use_cot=True, bidirectional_codes=True)
+    m = lay.base_mask()
+    c = slice(lay.codes_start, lay.codes_start + lay.n_codes)
+    assert m[c, c].all(), "parallel decoding: codes see each other"
+    assert not m[: lay.codes_start, c].any(), "the prefix never sees the subgoal block"
+    assert m[lay.act_start :, c].all()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.9, 1.0])
+def test_parallel_decoding_cache_equals_recompute(threshold):
+    torch.manual_seed(0)
+    cfg = CotVlaConfig.tiny(subgoal_decoding="parallel", parallel_threshold=threshold)
+    policy = cfg.build().eval()
+    batch = cfg.fake_batch(2)
+    fast = policy.generate(batch, use_cache=True)
+    slow = policy.generate(batch, use_cache=False)
+    assert torch.equal(fast["codes"], slow["codes"])
+    assert int(fast["subgoal_steps"]) == int(slow["subgoal_steps"])
+    torch.testing.assert_close(fast["actions"], slow["actions"], atol=1e-5, rtol=1e-5)
+    steps = int(fast["subgoal_steps"])
+    n = policy.layout.n_codes
+    if threshold == 0.0:
+        assert steps == 1  # everything above threshold: one pass
+    elif threshold == 1.0:
+        assert steps == n  # nothing above threshold: exactly one code per pass
+    else:
+        assert 1 <= steps <= n

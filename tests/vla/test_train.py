@@ -136,8 +136,12 @@ def test_vla_train_run_checkpoint_and_resume(synth, tmp_path):
 
 @pytest.mark.parametrize(
     ("variant", "steps"),
-    [({}, 150), ({"use_cot": False, "action_head": "continuous"}, 300)],
-    ids=["cot", "nocot-l1"],
+    [
+        ({}, 150),
+        ({"use_cot": False, "action_head": "continuous"}, 300),
+        pytest.param({"subgoal_decoding": "parallel"}, 200, marks=pytest.mark.slow),
+    ],
+    ids=["cot", "nocot-l1", "cot-parallel"],
 )
 def test_overfits_one_short_episode(synth, variant, steps):
     """Fit every frame of one 16-step episode; actions (and subgoal codes) must be reproduced."""

@@ -51,6 +51,7 @@ class Layout:
     n_codes: int
     n_act: int
     use_cot: bool
+    bidirectional_codes: bool = False
 
     @property
     def prefix_len(self) -> int:
@@ -81,6 +82,9 @@ class Layout:
         """Hybrid mask `(T, T)`, True = may attend: causal, plus full attention among action tokens."""
         m = torch.ones(self.total, self.total, dtype=torch.bool, device=device).tril()
         m[self.act_start :, self.act_start :] = True
+        if self.use_cot and self.bidirectional_codes:  # parallel (masked-token) subgoal decoding
+            c = slice(self.codes_start, self.codes_start + self.n_codes)
+            m[c, c] = True
         return m
 
 
@@ -196,6 +200,10 @@ class CotVlaPolicy(Policy):
             self.code_head = nn.Linear(d, cfg.tokenizer.codebook_size)
             self.boi = nn.Parameter(torch.zeros(d))
             self.eoi = nn.Parameter(torch.zeros(d))
+            if cfg.subgoal_decoding == "parallel":
+                self.code_mask = nn.Parameter(
+                    torch.zeros(d)
+                )  # the [MASK] input of the masked-token objective
         self.action_queries = nn.Parameter(torch.zeros(cfg.chunk_size * cfg.action_dim, d))
         out = cfg.num_bins if cfg.action_head == "discrete" else 1
         self.action_out = nn.Linear(d, out)
@@ -209,6 +217,8 @@ class CotVlaPolicy(Policy):
             init_weights(self.code_head)
             nn.init.normal_(self.boi, 0.0, 0.02)
             nn.init.normal_(self.eoi, 0.0, 0.02)
+            if cfg.subgoal_decoding == "parallel":
+                nn.init.normal_(self.code_mask, 0.0, 0.02)
         if cfg.pretrained_backbone:
             hf = load_hf_decoder(cfg.pretrained_backbone, with_lm=False)
             if hf.cfg != cfg.backbone:
@@ -232,6 +242,7 @@ class CotVlaPolicy(Policy):
             cfg.tokenizer.num_tokens,
             cfg.chunk_size * cfg.action_dim,
             cfg.use_cot,
+            bidirectional_codes=cfg.subgoal_decoding == "parallel",
         )
         self.register_buffer("mask", self.layout.base_mask(), persistent=False)
         # Inference-time switch (not config): capture the one-token decode step in CUDA graphs on CUDA.
@@ -324,17 +335,36 @@ class CotVlaPolicy(Policy):
             codes = self.subgoal_codes(batch[SUBGOAL_IMAGE])
             parts += [self.boi.expand(b, 1, -1), self.code_embed(codes), self.eoi.expand(b, 1, -1)]
         parts.append(self._queries(b))
-        h = self.backbone(
-            torch.cat([p.to(prefix.dtype) for p in parts], 1), self._mask(valid, slice(None), lay.total)
-        )
+        x = torch.cat([p.to(prefix.dtype) for p in parts], 1)
+        parallel = cfg.use_cot and cfg.subgoal_decoding == "parallel"
+        if parallel:
+            # Masked-token objective: a second copy of each sample with a random fraction of its codes
+            # replaced by [MASK]; actions are trained on the clean copy (what they see at inference).
+            ratio = torch.rand(b, 1, device=x.device)
+            hidden = torch.rand(b, lay.n_codes, device=x.device) < ratio
+            hidden[torch.arange(b), torch.randint(0, lay.n_codes, (b,), device=x.device)] = True
+            xm = x.clone()
+            blk = slice(lay.codes_start, lay.codes_start + lay.n_codes)
+            xm[:, blk] = torch.where(hidden[..., None], self.code_mask.to(x.dtype), x[:, blk])
+            x, valid2 = torch.cat([x, xm]), torch.cat([valid, valid])
+            h_all = self.backbone(x, self._mask(valid2, slice(None), lay.total))
+            h, hm = h_all[:b], h_all[b:]
+        else:
+            h = self.backbone(x, self._mask(valid, slice(None), lay.total))
         logs: dict[str, float] = {}
         loss = torch.zeros((), device=h.device)
         if cfg.use_cot:
-            logits = self.code_head(h[:, lay.boi : lay.boi + lay.n_codes]).float()  # (B, N, V)
-            sub_loss = F.cross_entropy(logits.flatten(0, 1), codes.flatten())
+            if parallel:  # each masked position predicts its own code
+                logits = self.code_head(hm[:, lay.codes_start : lay.codes_start + lay.n_codes]).float()
+                sub_loss = F.cross_entropy(logits[hidden], codes[hidden])
+                acc = (logits.argmax(-1) == codes)[hidden].float().mean()
+            else:  # next-code prediction: <boi> predicts c1, c_i predicts c_{i+1}
+                logits = self.code_head(h[:, lay.boi : lay.boi + lay.n_codes]).float()  # (B, N, V)
+                sub_loss = F.cross_entropy(logits.flatten(0, 1), codes.flatten())
+                acc = (logits.argmax(-1) == codes).float().mean()
             loss = loss + cfg.subgoal_loss_weight * sub_loss
             logs["subgoal_loss"] = sub_loss.item()
-            logs["subgoal_acc"] = (logits.argmax(-1) == codes).float().mean().item()
+            logs["subgoal_acc"] = acc.item()
         target = normalize_actions(batch[ACTION], self.action_q01, self.action_q99)  # (B, h, A)
         weight = torch.ones_like(target)
         if ACTION_IS_PAD in batch:
@@ -400,6 +430,11 @@ class CotVlaPolicy(Policy):
             x = torch.cat([prefix, self._queries(b).to(dt)], 1)
             h = self.backbone(x, self._mask(valid, slice(None), lay.total))
             act = self._decode_actions(h[:, lay.act_start :])
+        elif cfg.subgoal_decoding == "parallel":
+            codes_t, act, steps = self._generate_parallel(prefix, valid, use_cache)
+            res["codes"] = codes_t
+            res["subgoal_steps"] = torch.tensor(steps)
+            clock.lap("subgoal")
         elif use_cache:
             mode = decode
             if mode == "auto":
@@ -459,6 +494,56 @@ class CotVlaPolicy(Policy):
         res["actions"] = unnormalize_actions(act, self.action_q01, self.action_q99)
         clock.lap("actions")
         return res
+
+    def _generate_parallel(
+        self, prefix: Tensor, valid: Tensor, use_cache: bool
+    ) -> tuple[Tensor, Tensor, int]:
+        """Fast-dLLM-style subgoal decoding, then the action pass.
+
+        All codes start as [MASK]; each step runs the code block (bidirectional) and unmasks every code
+        whose top probability exceeds ``parallel_threshold``, and at least the most confident one per
+        sample. With ``use_cache`` the prefix KV is computed once and reused by every step (the block is
+        recomputed); without it every step recomputes the whole sequence (the reference).
+
+        Returns:
+            codes `(B, N)`, normalized actions `(B, h, A)`, number of block passes.
+        """
+        lay, thr = self.layout, self.config.parallel_threshold
+        b, dt, dev = prefix.shape[0], prefix.dtype, prefix.device
+        cs, n = lay.codes_start, lay.n_codes
+        head = torch.cat([prefix, self.boi.expand(b, 1, -1).to(dt)], 1)  # positions [0, cs)
+        cache = None
+        if use_cache:
+            cache = self.backbone.allocate_cache(b, lay.total, dev, dt)
+            self.backbone.prefill(head, cache, self._mask(valid, slice(0, cs), cs))
+        codes = torch.zeros(b, n, dtype=torch.long, device=dev)
+        known = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        rows = torch.arange(b, device=dev)
+        steps = 0
+        while not bool(known.all()):
+            blk = torch.where(known[..., None], self.code_embed(codes).to(dt), self.code_mask.to(dt))
+            if cache is not None:
+                h = self.backbone.decode(blk, cache, cs, self._mask(valid, slice(cs, cs + n), cs + n))
+            else:
+                h = self.backbone(torch.cat([head, blk], 1), self._mask(valid, slice(0, cs + n), cs + n))[
+                    :, cs:
+                ]
+            conf, pred = self.code_head(h).float().softmax(-1).max(-1)  # (B, N)
+            conf = conf.masked_fill(known, -1.0)
+            pick = (conf > thr) & ~known
+            best = conf.argmax(-1)
+            pick[rows, best] |= ~known[rows, best]
+            codes = torch.where(pick, pred, codes)
+            known |= pick
+            steps += 1
+        tail = torch.cat(
+            [self.code_embed(codes).to(dt), self.eoi.expand(b, 1, -1).to(dt), self._queries(b).to(dt)], 1
+        )
+        if cache is not None:
+            h = self.backbone.decode(tail, cache, cs, self._mask(valid, slice(cs, lay.total), lay.total))
+        else:
+            h = self.backbone(torch.cat([head, tail], 1), self._mask(valid, slice(None), lay.total))[:, cs:]
+        return codes, self._decode_actions(h[:, n + 1 :]), steps
 
     def _code_runner(self, b: int, dt: torch.dtype, valid: Tensor, mode: str) -> _CodeStep | _CodeLoopGraph:
         key = (b, dt, mode)
