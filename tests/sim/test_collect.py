@@ -215,7 +215,7 @@ def test_resume_after_sigkill(tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail("no commit within 180 s")
-        time.sleep(0.7)  # land somewhere inside the next episode or commit
+        time.sleep(0.3)  # land somewhere inside the next episode or commit
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
