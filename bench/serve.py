@@ -101,6 +101,7 @@ class _Load:
         self.lat: list[float] = []
         self.batch: list[float] = []
         self.infer_ms: list[float] = []
+        self.server_ms: list[float] = []
         self.failed: list[str] = []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._robot, args=(i,), daemon=True) for i in range(n)]
@@ -132,6 +133,7 @@ class _Load:
                         self.lat.append(dt)
                         self.batch.append(float(out["server_timing"].get("batch_size", 1)))
                         self.infer_ms.append(float(out["server_timing"].get("infer_ms", 0)))
+                        self.server_ms.append(float(out["server_timing"].get("total_ms", 0)))
                     else:
                         self.failed.append(err)
 
@@ -165,6 +167,8 @@ def _summary(load: _Load, elapsed: float) -> dict[str, Any]:
         "max_ms": float(lat.max()) if n else float("nan"),
         "mean_batch_size": float(np.mean(load.batch)) if n else float("nan"),
         "server_infer_ms_mean": float(np.mean(load.infer_ms)) if n else float("nan"),
+        # Time inside the replica (decode .. reply built); the rest of p50_ms is transport and proxy.
+        "server_total_ms_p50": float(np.median(load.server_ms)) if n else float("nan"),
         "seconds": elapsed,
     }
     if load.failed:
@@ -198,6 +202,7 @@ def _pooled(reps: list[dict[str, Any]]) -> dict[str, Any]:
         "max_ms",
         "mean_batch_size",
         "server_infer_ms_mean",
+        "server_total_ms_p50",
     ):
         out[key] = float(np.median([r[key] for r in reps]))
     out["requests"] = sum(r["requests"] for r in reps)
@@ -300,6 +305,33 @@ def bench_serve(cfg: ServeBenchConfig) -> Path:
             (r for r in rows if r["mode"] == mode and r["robots"] == n and r["transport"] == transport), None
         )
 
+    # The model alone, in this process: 16 single calls vs one batch of 16 (what batching can at most save
+    # when transport costs nothing); puts the end-to-end speedup above in context.
+    import torch
+
+    torch.set_num_threads(cfg.torch_threads)
+    policy = vla.load_policy(ckpt)
+    batch16 = [dict(o) for o in obs[:16]]
+    policy.infer_batch(batch16)
+    single_s, batch_s = [], []
+    for _ in range(cfg.reps * 3):
+        t0 = time.perf_counter()
+        for o in batch16:
+            policy.infer(o)
+        single_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        policy.infer_batch(batch16)
+        batch_s.append(time.perf_counter() - t0)
+    rows.append(
+        {
+            "mode": "model_only",
+            "transport": "in_process",
+            "robots": 16,
+            "sixteen_single_calls_ms": float(np.median(single_s)) * 1e3,
+            "one_batch_of_16_ms": float(np.median(batch_s)) * 1e3,
+        }
+    )
+
     headline: dict[str, Any] = {}
     for transport in cfg.transports:
         suffix = "" if transport == cfg.transports[0] else f"_{transport}"
@@ -309,6 +341,8 @@ def bench_serve(cfg: ServeBenchConfig) -> Path:
             headline[f"batching_speedup_16{suffix}"] = on16["throughput_rps"] / off16["throughput_rps"]
         if on4:
             headline[f"p99_over_p50_4{suffix}"] = on4["p99_ms"] / on4["p50_ms"]
+    model = rows[-1]
+    headline["model_only_batch_speedup_16"] = model["sixteen_single_calls_ms"] / model["one_batch_of_16_ms"]
     soak = next((r for r in rows if r["mode"] == "soak"), None)
     if soak:
         headline["soak_failed_requests"] = soak["failed"]

@@ -63,8 +63,9 @@ def server(tmp_path_factory):
     serve.run(build_app(args), name="policy_test", route_prefix="/")
     local = vla.load_policy(ckpt)
 
-    def redeploy(user_config=None):
-        serve.run(build_deployment(parse_args(args), user_config), name="policy_test", route_prefix="/")
+    def redeploy(user_config=None, **overrides):
+        cfg = parse_args({**args, **overrides})
+        serve.run(build_deployment(cfg, user_config), name="policy_test", route_prefix="/")
 
     try:
         yield SimpleNamespace(
@@ -339,6 +340,34 @@ def test_batching_across_robots_and_reconfigure(server, obs):
     assert not errors, errors
     assert len(sizes) == 8
     assert 1 < max(sizes) <= 4, sizes
+
+
+def test_bounded_queue_sheds_load_with_503(server, obs):
+    server.redeploy(
+        **{
+            "deployment.max_ongoing_requests": 1,
+            "deployment.max_queued_requests": 1,
+            "batching.max_batch_size": 1,
+        }
+    )
+    body = protocol.packb(obs)
+    statuses = []
+
+    def robot():
+        statuses.append(_post(server, body).status_code)
+
+    threads = [threading.Thread(target=robot) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) >= 1, statuses  # rejected at once instead of queueing without bound
+    assert statuses.count(200) >= 1, statuses
+    with pytest.raises(protocol.OverloadedError):
+        raise protocol.error_from_payload("Request dropped due to backpressure", 503)
+    with PolicyClient(server.http, api_key=KEY, timeout_s=30, retries=5) as c:
+        assert c.infer(obs)["actions"].shape == (10, 7)
 
 
 def test_replica_killed_mid_run_is_replaced(server, obs):
