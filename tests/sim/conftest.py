@@ -14,6 +14,28 @@ def embedded_tasks() -> list[tuple[str, str]]:
     return [(s, t.name) for s in EMBEDDED_SUITES for t in get_suite(s).tasks]
 
 
+@pytest.fixture(scope="session")
+def task_env():
+    """``task_env(suite, task)``: one 32x32 rendering env per task, shared by the tests of the session.
+
+    Building a robosuite env costs seconds; the env-checker, golden-state and expert tests of a
+    task reuse it.
+    """
+    from sim.configs import RenderConfig
+    from sim.suites import make_env
+
+    cache = {}
+
+    def get(suite: str, task: str):
+        if (suite, task) not in cache:
+            cache[(suite, task)] = make_env(suite, task, render=RenderConfig(image_size=32))
+        return cache[(suite, task)]
+
+    yield get
+    for env in cache.values():
+        env.close()
+
+
 @pytest.fixture(scope="module")
 def goal_env():
     """A rendering ``embedded_goal`` env at 64x64."""

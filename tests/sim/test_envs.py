@@ -66,7 +66,7 @@ def test_render_config_validates():
 
 
 @pytest.mark.parametrize(("suite", "task"), embedded_tasks(), ids=lambda x: x)
-def test_env_checker_and_golden_start_states(suite, task):
+def test_env_checker_and_golden_start_states(suite, task, task_env):
     """gymnasium's env checker passes; stored init states load, fit the scene and settle as generated.
 
     The golden part fails on a mujoco or robosuite upgrade that changes the scene or its physics.
@@ -74,29 +74,24 @@ def test_env_checker_and_golden_start_states(suite, task):
     from gymnasium.utils.env_checker import check_env
 
     from sim.base import load_init_state_file
-    from sim.configs import RenderConfig
-    from sim.suites import make_env
 
     states, meta, extra = load_init_state_file(suite, task)
     assert states.shape[0] == 50
     assert meta["suite"] == suite
     assert meta["task"] == task
     assert {"robosuite", "mujoco", "seed", "nq", "nv"} <= set(meta)
-    env = make_env(suite, task, render=RenderConfig(image_size=32))
-    try:
-        check_env(env, skip_render_check=True)
-        model = env.rs_env.sim.model
-        assert (meta["nq"], meta["nv"]) == (model.nq, model.nv)
-        assert states.shape[1] >= 1 + model.nq + model.nv
-        obs, info = env.reset(options={"init_state": 31})
-        assert env.observation_space.contains(obs)
-        assert obs["task"] == env.instruction == env.task.instruction
-        assert info["init_state"] == 31
-        assert not info["success"]
-        np.testing.assert_allclose(obs[STATE], extra["settled_state"][31], atol=1e-5)
-        np.testing.assert_allclose(env.rs_env.sim.data.qpos, extra["settled_qpos"][31], atol=1e-5)
-    finally:
-        env.close()
+    env = task_env(suite, task)
+    check_env(env, skip_render_check=True)
+    model = env.rs_env.sim.model
+    assert (meta["nq"], meta["nv"]) == (model.nq, model.nv)
+    assert states.shape[1] >= 1 + model.nq + model.nv
+    obs, info = env.reset(options={"init_state": 31})
+    assert env.observation_space.contains(obs)
+    assert obs["task"] == env.instruction == env.task.instruction
+    assert info["init_state"] == 31
+    assert not info["success"]
+    np.testing.assert_allclose(obs[STATE], extra["settled_state"][31], atol=1e-5)
+    np.testing.assert_allclose(env.rs_env.sim.data.qpos, extra["settled_qpos"][31], atol=1e-5)
 
 
 def test_reset_to_init_state_is_deterministic(goal_env):

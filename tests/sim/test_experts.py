@@ -34,21 +34,16 @@ def _make(suite, task):
 
 
 @pytest.mark.parametrize(("suite", "task"), embedded_tasks(), ids=lambda x: x)
-def test_expert_succeeds(suite, task):
+def test_expert_succeeds(suite, task, task_env):
     from sim.experts import make_expert
 
-    env = _make(suite, task)
-    try:
-        expert = make_expert(env)
-        # A different init state per task, so the sample covers the set.
-        i = sum(map(ord, task)) % env.num_init_states
-        info = _rollout(env, expert, i)
-        assert info["success"], (
-            f"{suite}/{task} expert failed from init state {i} after {info['steps']} steps"
-        )
-        assert info["steps"] < env.task.max_steps
-    finally:
-        env.close()
+    env = task_env(suite, task)
+    expert = make_expert(env)
+    # A different init state per task, so the sample covers the set.
+    i = sum(map(ord, task)) % env.num_init_states
+    info = _rollout(env, expert, i)
+    assert info["success"], f"{suite}/{task} expert failed from init state {i} after {info['steps']} steps"
+    assert info["steps"] < env.task.max_steps
 
 
 @pytest.mark.slow
