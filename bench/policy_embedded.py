@@ -13,8 +13,8 @@ Examples:
     # GPU machine, >= 50 expert demos per task collected by vla-collect into data/embedded_goal
     python -m bench.policy_embedded --dataset_root=data/embedded_goal --episodes=50 --num_workers=8
     # CPU smoke run (meaningless numbers; results to /tmp)
-    python -m bench.policy_embedded --dataset_root=outputs/demo/demos \\
-        --train_config=configs/train/cot_vla_tiny.yaml --steps=20 --tokenizer_steps=20 --episodes=1 \\
+    python -m bench.policy_embedded --dataset_root=outputs/demo/demos \
+        --train_config=configs/train/cot_vla_tiny.yaml --steps=20 --tokenizer_steps=20 --episodes=1 \
         --tasks put_red_cube_on_plate --out_dir=/tmp/pe --results_dir=/tmp/pe
 """
 
