@@ -56,7 +56,11 @@ def policy_metadata(policy: Policy) -> dict[str, Any]:
 
 
 class InferencePolicy:
-    """Wrap a :class:`vla.policy.Policy` for numpy observations; thread-safe (one forward at a time)."""
+    """Wrap a :class:`vla.policy.Policy` for numpy observations; thread-safe (one forward at a time).
+
+    ``last_timing`` holds the stage timings of the latest call; concurrent callers should use
+    :meth:`infer_batch_timed`, which returns them with the outputs.
+    """
 
     def __init__(self, policy: Policy, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
@@ -126,8 +130,18 @@ class InferencePolicy:
 
     def infer_batch(self, obs_list: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
         """Run several observations in one forward pass (what the server's batcher calls)."""
+        return self.infer_batch_timed(obs_list)[0]
+
+    def infer_batch_timed(
+        self, obs_list: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+        """Like :meth:`infer_batch`, also returning this call's stage timings (ms) atomically.
+
+        Timing keys: ``infer_ms`` (whole call), ``encoders_ms``, ``subgoal_ms``, ``actions_ms``,
+        ``subgoal_image_ms`` (CoT only) and ``batch``.
+        """
         if not obs_list:
-            return []
+            return [], {}
         for i, o in enumerate(obs_list):
             self._validate(o, i)
         with self._lock:
@@ -150,11 +164,30 @@ class InferencePolicy:
                 imgs = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 for i, o in enumerate(out):
                     o["subgoal_image"] = imgs[i]
-            self.last_timing = {
+            timing = {
                 "infer_ms": (time.perf_counter() - t0) * 1e3,
                 "batch": len(obs_list),
                 **{f"{k}_ms": v for k, v in stages.items()},
             }
+            self.last_timing = timing
+        return out, timing
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> dict[str, float]:
+        """Run synthetic observations built from ``metadata`` (captures CUDA graphs, loads MiniLM).
+
+        Returns:
+            ``{"warmup_ms_b<n>": ms}`` per batch size (the second run of each size).
+        """
+        cfg = self.policy.config
+        h, w = self.metadata["image_size"]
+        obs = {k: np.zeros((h, w, 3), np.uint8) for k in cfg.camera_keys}
+        obs[OBS_STATE] = np.zeros(cfg.state_dim, np.float32)
+        obs[TASK] = "warm up"
+        out = {}
+        for n in batch_sizes:
+            for _ in range(2):
+                _, timing = self.infer_batch_timed([obs] * n)
+            out[f"warmup_ms_b{n}"] = timing["infer_ms"]
         return out
 
 

@@ -261,6 +261,12 @@ def test_infer_reports_stage_timings(tmp_path):
     for key in ("infer_ms", "encoders_ms", "subgoal_ms", "actions_ms", "subgoal_image_ms"):
         assert t[key] >= 0, t
     assert t["infer_ms"] >= t["encoders_ms"] + t["subgoal_ms"] + t["actions_ms"]
+    outs, timing = pol.infer_batch_timed([_obs(1), _obs(2)])
+    assert len(outs) == 2
+    assert timing["batch"] == 2
+    assert timing is not t
+    warm = pol.warmup((1, 3))
+    assert set(warm) == {"warmup_ms_b1", "warmup_ms_b3"}
 
 
 def test_static_decode_path_equals_dynamic():
