@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from kernels import attention
+from kernels.attention import SparsePrefillConfig
 
 
 @dataclass
@@ -38,6 +39,9 @@ class DecoderConfig:
         head_dim: per-head width; ``None`` means ``hidden_size // num_heads``.
         vocab_size: token vocabulary for the language-model wrapper (0 = embeddings only, as in the VLA).
         tie_word_embeddings: share the LM head with the input embedding.
+        sparse_prefill: how long causal prefills are computed (``kernels.attention.SparsePrefillConfig``):
+            dense by default; ``method: xattention`` with ``min_len`` routes prefills at least that long
+            to the block-sparse kernels. Decode steps and masked (hybrid) sequences stay dense.
     """
 
     hidden_size: int = 256
@@ -51,6 +55,7 @@ class DecoderConfig:
     head_dim: int | None = None
     vocab_size: int = 0
     tie_word_embeddings: bool = False
+    sparse_prefill: SparsePrefillConfig = field(default_factory=SparsePrefillConfig)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads != 0:
@@ -158,6 +163,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
+        self.sparse = cfg.sparse_prefill
 
     def forward(
         self,
@@ -183,7 +189,7 @@ class Attention(nn.Module):
                 k, v = cache.write_at(layer, start, k, v)
             else:
                 k, v = cache.write(layer, start, k, v)
-        out = attention(q, k, v, causal=mask is None, attn_mask=mask)  # (B, T, H, D)
+        out = attention(q, k, v, causal=mask is None, attn_mask=mask, sparse=self.sparse)  # (B, T, H, D)
         return self.o_proj(out.reshape(b, t, -1))
 
 
