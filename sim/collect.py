@@ -140,6 +140,7 @@ class _Collector:
         self.executor: ChunkExecutor | None = None
         self.ds: Any = None
         self.pending = 0  # saved episodes not committed yet
+        self.busy = False  # inside `save` or `commit`: the files are mid-write
         self.fps = 20
         self.report: dict[str, Any] = {}
         self._t0 = time.perf_counter()
@@ -184,6 +185,7 @@ class _Collector:
 
     def save(self, frames: list[tuple[dict[str, Any], np.ndarray]], instruction: str) -> int:
         """Write one successful episode into the staging dataset; return its episode index."""
+        self.busy = True
         if self.ds is None:
             self.open_staging()
         index = self.ds.meta.total_episodes
@@ -200,10 +202,12 @@ class _Collector:
         # Sequential encoding: a process pool per episode costs more than it saves on a few cores.
         self.ds.save_episode(parallel_encoding=False)
         self.pending += 1
+        self.busy = False
         return index
 
     def commit(self) -> None:
         """Make everything recorded so far durable: promote the staging dataset, or just the report."""
+        self.busy = True
         self._update_counts()
         if self.ds is not None:
             self.ds.finalize()
@@ -215,6 +219,7 @@ class _Collector:
         else:
             write_json_atomic(self.root / REPORT_NAME, self.report)
         self.pending = 0
+        self.busy = False
 
     def close(self) -> None:
         if self.env is not None:
@@ -313,6 +318,26 @@ def _collect(col: _Collector, tasks: list[tuple[int, str]]) -> dict[str, Any]:
     if done:
         logger.info("resuming %s: %d attempts done, %d to go", col.root, len(done), len(jobs))
     bar = tqdm(jobs, desc=f"collect {cfg.suite}", unit="ep", disable=None)
+    try:
+        _run_jobs(col, bar)
+    except KeyboardInterrupt:
+        # Ctrl-C between episodes: keep what was recorded. (Inside a save or a commit the files may be
+        # half-written: leave them; the next run's `recover` finishes or drops that commit.)
+        if not col.busy:
+            col.commit()
+            logger.warning(
+                "interrupted: committed %d episodes; rerun to resume", col.report["saved_episodes"]
+            )
+        raise
+    finally:
+        bar.close()
+    col.report["complete"] = True
+    col.commit()
+    return col.report
+
+
+def _run_jobs(col: _Collector, bar: Any) -> None:
+    cfg = col.cfg
     run = col.report["runs"][-1]
     for ti, name, init_state in bar:
         col.ensure_env(name)
@@ -339,6 +364,3 @@ def _collect(col: _Collector, tasks: list[tuple[int, str]]) -> dict[str, Any]:
             saved=sum(a["success"] for a in col.report["attempts"]),
             dropped=sum(not a["success"] for a in col.report["attempts"]),
         )
-    col.report["complete"] = True
-    col.commit()
-    return col.report

@@ -181,19 +181,15 @@ def _report(root: Path) -> dict | None:
         return None
 
 
-def test_resume_after_sigkill(tmp_path):
-    """SIGKILL a collection mid-run: what is on disk loads; rerunning completes it without duplicates."""
-    from sim.collect import collect
-
-    root = tmp_path / "ds"
-    n = 4
+def _interrupt_after_commit(root: Path, n: int, sig: int, min_saved: int, log: Path) -> int:
+    """Run vla-collect in a subprocess, send ``sig`` once ``min_saved`` episodes are committed."""
     cmd = [
         sys.executable,
         "-m",
         "sim.scripts.collect",
         f"--suite={SUITE}",
         f"--tasks=[{TASK}]",
-        f"--episodes_per_task={n}",
+        f"--episodes-per-task={n}",
         f"--root={root}",
         "--repo_id=test/demos",
         "--commit_every=1",
@@ -201,29 +197,52 @@ def test_resume_after_sigkill(tmp_path):
         "--render.image_size=64",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            rep = _report(root)
-            if rep is not None and rep["saved_episodes"] >= 1:
-                break
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"collection exited early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}"
-                )
-            time.sleep(0.05)
-        else:
-            pytest.fail("no commit within 180 s")
-        time.sleep(0.3)  # land somewhere inside the next episode or commit
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 180
+        try:
+            while time.time() < deadline:
+                rep = _report(root)
+                if rep is not None and rep["saved_episodes"] >= min_saved:
+                    break
+                if proc.poll() is not None:
+                    pytest.fail(f"collection exited early ({proc.returncode}): {log.read_text()[-2000:]}")
+                time.sleep(0.05)
+            else:
+                pytest.fail("no commit within 180 s")
+            time.sleep(0.3)  # land somewhere inside the next episode or commit
+        finally:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return proc.returncode
+
+
+def test_resume_after_sigint_and_sigkill(tmp_path):
+    """Interrupt a collection (Ctrl-C, then SIGKILL): what is on disk always loads; rerunning completes
+    it without duplicates."""
+    from sim.collect import collect, recover
+
+    root = tmp_path / "ds"
+    n = 5
+    # Ctrl-C: exits non-zero and keeps what it recorded
+    rc = _interrupt_after_commit(root, n, signal.SIGINT, 1, tmp_path / "int.log")
+    assert rc != 0
+    recover(root)
+    rep = _report(root)
+    assert rep is not None
+    assert not rep["complete"]
+    assert _load(root).num_episodes == rep["saved_episodes"] >= 1
+    first = rep["saved_episodes"]
+
+    # SIGKILL of the resumed run, after it committed at least one more episode
+    rc = _interrupt_after_commit(root, n, signal.SIGKILL, first + 1, tmp_path / "kill.log")
+    assert rc == -signal.SIGKILL
 
     # what the killed run left at root loads, and agrees with its report
-    from sim.collect import recover
-
     recover(root)
     rep = _report(root)
     assert rep is not None
