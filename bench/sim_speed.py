@@ -8,7 +8,8 @@
    the GL backend, and a clean process gives a clean core pin).
 2. run_eval episodes/hour on one workload (expert on embedded_goal, a few tasks x init states,
    128x128 cameras), with 1 and with 2 Ray workers (``force_ray`` for the 1-worker run, so both pay
-   the same Ray start); headline ``eval_worker_scaling_2x`` is the ratio.
+   the same Ray start), interleaved repeats, the fastest run of each kept; headline
+   ``eval_worker_scaling_2x`` is the ratio.
 
 Examples:
     python -m bench.sim_speed                       # full run, writes bench/results/sim_speed.json
