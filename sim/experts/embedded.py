@@ -9,6 +9,38 @@ import numpy as np
 from sim.experts.stock import cube_grasp_yaw
 from sim.experts.waypoints import Phase, Target, WaypointExpert, pick_and_place_plan
 
+FINGER_REACH = 0.055  # open finger distance from the grip axis (m), plus finger thickness
+
+
+def _dist_to_bin(point: np.ndarray, objs: dict[str, Any]) -> float:
+    """Horizontal distance from ``point`` to the bin's footprint (0 inside it)."""
+    b = objs["bin"]
+    local = (b["mat"].T @ (np.array([*point[:2], b["pos"][2]]) - b["pos"]))[:2]
+    out = np.maximum(np.abs(local) - objs["bin_half"][:2], 0.0)
+    return float(np.linalg.norm(out))
+
+
+def clear_grasp_yaw(objs: dict[str, Any], cube: str) -> float:
+    """Cube grasp yaw whose open fingers keep the most room from the bin and the other cubes.
+
+    The two grasps of a cube (fingers across one pair of faces or the other) differ by 90 degrees;
+    near the bin wall or another cube one of them can put a finger on it.
+    """
+    c = objs[cube]
+    base = cube_grasp_yaw(c["mat"])
+    alt = base - np.pi / 2 if base > 0 else base + np.pi / 2
+    others = [objs[o]["pos"] for o in ("red", "green", "blue") if o != cube]
+
+    def clearance(yaw: float) -> float:
+        d = np.array([np.sin(yaw), -np.cos(yaw), 0.0])  # finger closing direction
+        fingers = [c["pos"] + FINGER_REACH * d, c["pos"] - FINGER_REACH * d]
+        gaps = [_dist_to_bin(f, objs) for f in fingers]
+        gaps += [np.linalg.norm((f - o)[:2]) - 1.5 * objs["cube_half"] for f in fingers for o in others]
+        return float(min(gaps))
+
+    cb, ca = clearance(base), clearance(alt)
+    return alt if cb < 0.02 and ca > cb + 0.005 else base
+
 
 def _plan_for(extra: dict[str, str]):
     cube = extra["cube"]
@@ -19,7 +51,7 @@ def _plan_for(extra: dict[str, str]):
 
         def grasp(p: dict[str, Any]) -> Target:
             c = p["objects"][cube]
-            return c["pos"] + np.array([0, 0, -0.003]), cube_grasp_yaw(c["mat"])
+            return c["pos"] + np.array([0, 0, -0.003]), clear_grasp_yaw(p["objects"], cube)
 
         if extra["kind"] == "plate":
 
