@@ -85,6 +85,13 @@ class DeploymentConfig:
         autoscaling: Autoscaling settings.
         health_check_period_s: How often Ray checks each replica.
         torch_threads: ``torch.set_num_threads`` in each replica (0 leaves torch's default).
+        model_execution: Where a batch runs: ``thread`` (a worker thread; the event loop stays responsive
+            during inference), ``inline`` (in the event loop; requests that arrive meanwhile wait in
+            Ray's queue and join the next batch) or ``auto``: inline while ``max_batch_size > 1``,
+            else thread. Measured on a loaded 2-core CPU with the tiny policy and 16 robots: with a
+            worker thread the model's Python work holds the GIL and starves the event loop that fills
+            batches (mean batch 2.5, 123 req/s); inline gave mean batch 10 and 226 req/s. Without
+            batching the thread wins (82 vs 46 req/s), since decoding then overlaps inference.
     """
 
     num_replicas: int = 1
@@ -95,6 +102,7 @@ class DeploymentConfig:
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
     health_check_period_s: float = 5.0
     torch_threads: int = 1
+    model_execution: str = "auto"
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:
@@ -105,6 +113,11 @@ class DeploymentConfig:
             raise ValueError("deployment.max_ongoing_requests must be >= 1")
         if self.max_queued_requests < -1 or self.max_queued_requests == 0:
             raise ValueError("deployment.max_queued_requests must be -1 (no limit) or >= 1")
+        if self.model_execution not in ("auto", "inline", "thread"):
+            raise ValueError(
+                "deployment.model_execution must be 'auto', 'inline' or 'thread', "
+                f"got {self.model_execution!r}"
+            )
         if self.torch_threads < 0:
             raise ValueError("deployment.torch_threads must be >= 0")
 

@@ -13,8 +13,8 @@ Endpoints (under the application's route prefix):
 
 Every request is authenticated (when a key is configured), size-checked, decoded and validated before it
 is queued for the model; typed errors become JSON bodies with their status code. Observations from all
-connections are batched (``@serve.batch``) into one ``policy.infer_batch`` call that runs in a worker
-thread, so the event loop keeps serving while the model computes.
+connections are batched (``@serve.batch``) into one ``policy.infer_batch`` call, run inline or in a
+worker thread as ``deployment.model_execution`` says.
 """
 
 import asyncio
@@ -271,10 +271,20 @@ class PolicyDeployment:
         ]
         if not live:
             return results
-        loop = asyncio.get_running_loop()
+        batch = [items[i].obs for i in live]
+        mode = self.cfg.deployment.model_execution
+        if mode == "auto":
+            mode = "inline" if self._infer_batched._get_max_batch_size() > 1 else "thread"
         t0 = time.perf_counter()
         try:
-            outs = await loop.run_in_executor(self._executor, self._run_model, [items[i].obs for i in live])
+            if mode == "inline":
+                # Blocks the loop for one batch: what arrives meanwhile queues up and joins the next batch
+                # (see DeploymentConfig.model_execution for why this beats a thread under batching).
+                outs = self._run_model(batch)
+            else:
+                outs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_model, batch
+                )
         except PolicyServerError as e:
             return [e] * len(items)
         except Exception as e:
