@@ -48,10 +48,13 @@ def test_preset_parses(path: Path):
 
 def test_demo_default_is_small():
     cfg = draccus.parse(DemoConfig, config_path=str(ROOT / "configs/demo/default.yaml"), args=[])
-    assert cfg.stages == ["collect", "eval"]
+    assert cfg.stages == ["collect", "train", "eval"]
     assert cfg.collect.episodes_per_task <= 5
     assert cfg.eval.episodes <= 5
     assert cfg.eval.video
+    assert cfg.train_config == "configs/train/cot_vla_small_cpu.yaml"
+    assert (ROOT / cfg.train_config).exists()
+    assert cfg.checkpoint == Path(cfg.train_dir) / "checkpoints" / "last" / "pretrained_model"
 
 
 def test_cli_override_on_top_of_preset():
