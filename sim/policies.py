@@ -7,7 +7,8 @@ from a spec string:
 - ``"expert"``: the suite's scripted expert for ``env`` (`sim.experts.make_expert`);
 - ``"random"`` (or ``"random:<seed>"``): uniform actions in [-1, 1];
 - a checkpoint directory: `vla.load_policy(path)` (imported lazily; sim never imports models otherwise);
-- an ``http://`` / ``https://`` / ``ws://`` / ``wss://`` URL: `policy_server.client.PolicyClient(url)`.
+- an ``http://`` / ``https://`` / ``ws://`` / ``wss://`` URL: `policy_server.client.PolicyClient(url)`
+  (API key from ``$VLA_SERVE_API_KEY``).
 
 `ChunkExecutor` executes ``replan_every`` actions of each chunk, then asks the policy again. Its default
 comes from the policy's own inference contract (``metadata["n_action_steps"]``) so the executed horizon is
@@ -134,7 +135,9 @@ def make_policy(spec: str, env: Any = None, *, seed: int = 0) -> Policy:
                 f"Policy spec {spec!r} is a server URL but policy_server.client cannot be imported ({e}); "
                 "install the stack with `pip install -e .`."
             ) from e
-        return PolicyClient(spec)
+        # The key comes from the environment (as `vla-serve` reads it), so it never lands in a config
+        # file or in results.json.
+        return PolicyClient(spec, api_key=os.environ.get("VLA_SERVE_API_KEY") or None)
     try:
         from vla import load_policy
     except ImportError as e:

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sim.eval_configs import EvalConfig
-from sim.policies import ChunkExecutor, make_policy, needs_env, policy_id, policy_metadata, validate_spec
+from sim.policies import (
+    ChunkExecutor,
+    is_url,
+    make_policy,
+    needs_env,
+    policy_id,
+    policy_metadata,
+    validate_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ IMAGE_KEYS = ("observation.images.agentview", "observation.images.wrist")
 VERSIONED_PACKAGES = ("robosuite", "mujoco", "numpy", "gymnasium", "torch", "hf-libero", "lerobot", "ray")
 # Env vars a Ray worker needs to render headless exactly as the driver does.
 _FORWARDED_ENV = (
+    "VLA_SERVE_API_KEY",  # a server URL policy's key travels by environment, never into results.json
     "MUJOCO_GL",
     "PYOPENGL_PLATFORM",
     "MUJOCO_EGL_DEVICE_ID",
@@ -390,6 +400,8 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     validate_spec(cfg.policy)
     tasks = resolve_tasks(cfg.suite, cfg.tasks)
+    if is_url(cfg.policy):
+        cfg = adopt_server_contract(cfg)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config_atomic(cfg, out_dir / "config.yaml")
@@ -408,6 +420,30 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict[str, Any]:
     write_json_atomic(out_dir / "results.json", results)
     logger.info("wrote %s", out_dir / "results.json")
     return results
+
+
+def adopt_server_contract(cfg: EvalConfig) -> EvalConfig:
+    """Render at the image size the server announces in ``/metadata`` (nothing is set twice by hand).
+
+    A checkpoint in this process resizes frames itself; a server checks them against its contract, so
+    the cameras render at the size it declares.
+    """
+    policy = make_policy(cfg.policy)
+    try:
+        size = policy_metadata(policy).get("image_size")
+    finally:
+        close = getattr(policy, "close", None)
+        if callable(close):
+            close()
+    if size is None:
+        return cfg
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h != w:
+        raise ValueError(f"the server at {cfg.policy} expects {h}x{w} images; the sim renders square cameras only")
+    if h != cfg.render.image_size:
+        logger.info("rendering at %dx%d, the image size the server at %s announces", h, w, cfg.policy)
+        cfg = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, image_size=h))
+    return cfg
 
 
 def _run_jobs_ray(cfg: EvalConfig, jobs: list[Job]) -> tuple:
