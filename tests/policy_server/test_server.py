@@ -288,6 +288,48 @@ def test_wrong_protocol_version_is_refused(server, obs):
     assert "speaks 1" in r.json()["error"]["message"]
 
 
+@pytest.mark.sim
+@pytest.mark.parametrize(("scheme", "workers"), [("http", 2), ("ws", 1)])
+def test_run_eval_through_the_server(server, tmp_path, monkeypatch, scheme, workers):
+    """`sim.run_eval --policy http://… | ws://…` evaluates through the server, several Ray workers at once."""
+    pytest.importorskip("robosuite")
+    from sim.configs import RenderConfig
+    from sim.eval_configs import EvalConfig
+    from sim.run_eval import evaluate
+
+    url = getattr(server, scheme)
+    monkeypatch.setenv("VLA_SERVE_API_KEY", KEY)  # forwarded to the Ray workers, never written to results
+    cfg = EvalConfig(
+        suite="robosuite_stock",
+        tasks=["lift"],
+        episodes=2,
+        policy=url,
+        num_workers=workers,
+        max_steps=6,
+        out_dir=str(tmp_path / "eval"),
+        render=RenderConfig(image_size=64),
+    )
+    res = evaluate(cfg)
+    assert res["policy_id"] == server.local.metadata["model_id"]
+    assert res["policy_metadata"]["chunk_size"] == server.local.metadata["chunk_size"]
+    assert [e["init_state"] for e in res["episodes"]] == [0, 1]
+    # The cameras render at the size the server announces (64 was asked; the tiny checkpoint wants 32).
+    assert res["protocol"]["render"]["image_size"] == server.local.metadata["image_size"][0] != 64
+    assert all(e["steps"] == 6 and not e["success"] for e in res["episodes"])
+    assert KEY not in (tmp_path / "eval" / "results.json").read_text()
+    assert KEY not in (tmp_path / "eval" / "config.yaml").read_text()
+
+
+def test_run_eval_without_the_key_is_refused(server, obs, monkeypatch):
+    from policy_server.protocol import UnauthorizedError
+    from sim.policies import make_policy
+
+    monkeypatch.delenv("VLA_SERVE_API_KEY", raising=False)
+    policy = make_policy(server.http)
+    with pytest.raises(UnauthorizedError):
+        policy.infer(obs)
+
+
 def test_per_request_deadline(server, client, obs):
     r = _post(server, protocol.packb({**obs, "deadline_s": 1e-5, "request_id": "late-1"}))
     assert r.status_code == 504
@@ -413,44 +455,3 @@ def test_replica_killed_mid_run_is_replaced(server, obs):
     want = server.local.infer(obs)["actions"]
     np.testing.assert_array_equal(results[-1], want)
 
-
-@pytest.mark.sim
-@pytest.mark.parametrize(("scheme", "workers"), [("http", 2), ("ws", 1)])
-def test_run_eval_through_the_server(server, tmp_path, monkeypatch, scheme, workers):
-    """`sim.run_eval --policy http://… | ws://…` evaluates through the server, several Ray workers at once."""
-    pytest.importorskip("robosuite")
-    from sim.configs import RenderConfig
-    from sim.eval_configs import EvalConfig
-    from sim.run_eval import evaluate
-
-    url = getattr(server, scheme)
-    monkeypatch.setenv("VLA_SERVE_API_KEY", KEY)  # forwarded to the Ray workers, never written to results
-    cfg = EvalConfig(
-        suite="robosuite_stock",
-        tasks=["lift"],
-        episodes=2,
-        policy=url,
-        num_workers=workers,
-        max_steps=6,
-        out_dir=str(tmp_path / "eval"),
-        render=RenderConfig(image_size=64),
-    )
-    res = evaluate(cfg)
-    assert res["policy_id"] == server.local.metadata["model_id"]
-    assert res["policy_metadata"]["chunk_size"] == server.local.metadata["chunk_size"]
-    assert [e["init_state"] for e in res["episodes"]] == [0, 1]
-    # The cameras render at the size the server announces (64 was asked; the tiny checkpoint wants 32).
-    assert res["protocol"]["render"]["image_size"] == server.local.metadata["image_size"][0] != 64
-    assert all(e["steps"] == 6 and not e["success"] for e in res["episodes"])
-    assert KEY not in (tmp_path / "eval" / "results.json").read_text()
-    assert KEY not in (tmp_path / "eval" / "config.yaml").read_text()
-
-
-def test_run_eval_without_the_key_is_refused(server, tmp_path, monkeypatch):
-    from policy_server.protocol import UnauthorizedError
-    from sim.policies import make_policy
-
-    monkeypatch.delenv("VLA_SERVE_API_KEY", raising=False)
-    policy = make_policy(server.http)
-    with pytest.raises(UnauthorizedError):
-        policy.infer(make_example_observation(server.local.metadata, seed=0, task="lift the red cube"))
