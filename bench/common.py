@@ -62,7 +62,7 @@ def write_results(
     doc = {
         "name": name,
         "commit": git_commit(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "device": device or device_name(),
         "command": command or " ".join([Path(sys.executable).name, *sys.argv]),
         "config": config or {},

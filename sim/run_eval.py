@@ -14,6 +14,7 @@ Examples:
     vla-sim-eval --suite=embedded_goal --policy=http://127.0.0.1:8000 --episodes=50
 """
 
+import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
@@ -23,7 +24,6 @@ import os
 import sys
 import tempfile
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,7 +439,9 @@ def adopt_server_contract(cfg: EvalConfig) -> EvalConfig:
         return cfg
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if h != w:
-        raise ValueError(f"the server at {cfg.policy} expects {h}x{w} images; the sim renders square cameras only")
+        raise ValueError(
+            f"the server at {cfg.policy} expects {h}x{w} images; the sim renders square cameras only"
+        )
     if h != cfg.render.image_size:
         logger.info("rendering at %dx%d, the image size the server at %s announces", h, w, cfg.policy)
         cfg = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, image_size=h))

@@ -21,5 +21,7 @@ def _cuda() -> bool:
 
 
 require_cuda = pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
-require_mujoco = pytest.mark.skipif(not (_has("mujoco") and _has("robosuite")), reason="needs mujoco+robosuite")
+require_mujoco = pytest.mark.skipif(
+    not (_has("mujoco") and _has("robosuite")), reason="needs mujoco+robosuite"
+)
 require_libero = pytest.mark.skipif(not _has("libero"), reason="needs hf-libero (extra `libero`)")

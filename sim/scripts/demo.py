@@ -90,9 +90,10 @@ def run_demo(cfg: DemoConfig) -> dict:
             _train(cfg)
             out["train"] = str(cfg.checkpoint)
         elif stage == "eval":
-            if not (cfg.checkpoint / "config.yaml").exists() and not (cfg.checkpoint / "config.json").exists():
+            if not any((cfg.checkpoint / name).exists() for name in ("config.yaml", "config.json")):
                 raise FileNotFoundError(
-                    f"no trained checkpoint at {cfg.checkpoint}; run the train stage first (--stages='[train,eval]')"
+                    f"no trained checkpoint at {cfg.checkpoint}; "
+                    "run the train stage first (--stages='[train,eval]')"
                 )
             eval_cfg = dataclasses.replace(cfg.eval, policy=str(cfg.checkpoint))
             out["eval"] = evaluate(eval_cfg, command="vla-demo (eval stage)")
