@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import device_name, write_results
-from kernels.block_sparse_attention.index import BlockIndex, mask_to_index, visible_blocks
+from kernels.block_sparse_attention.index import BlockIndex, index_to_mask, mask_to_index, visible_blocks
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
 from kernels.testing import needles_kept, rel_rms, structured_qkv
 from kernels.xattention.op import xattn_select
@@ -262,10 +262,7 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
             out = ours(index)
             t_attn = timed(lambda index=index: ours(index), reps)
             t_e2e = timed(lambda: ours(select()[0]), reps)
-            keep = torch.zeros(1, h, n, n + 1, dtype=torch.bool, device=dev)
-            valid = torch.arange(index.idx.shape[-1], device=dev) < index.cnt[..., None]
-            keep.scatter_(-1, torch.where(valid, index.idx.long(), n), True)
-            keep = keep[..., :n] & vis
+            keep = index_to_mask(index, n) & vis
             row = {
                 "kind": "xattn",
                 "input": name,
@@ -425,7 +422,6 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
     res = {}
     for layer, (q, k, v) in enumerate(captured):
         q, k, v = (z.to(act).contiguous() for z in (q, k, v))
-        h = q.shape[2]
         _, true_mass = xattn_select(q, k, stride=1, tau=1.0, block_size=bs, return_mass=True, impl="triton")
         dense = real_attention(q, k, v, causal=True)
         t_sdpa = timed(lambda q=q, k=k, v=v: real_attention(q, k, v, causal=True), 10)
@@ -439,10 +435,7 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
                 )
 
             index, _ = xattn_select(q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton")
-            keep = torch.zeros(1, h, n, n + 1, dtype=torch.bool, device=dev)
-            valid = torch.arange(index.idx.shape[-1], device=dev) < index.cnt[..., None]
-            keep.scatter_(-1, torch.where(valid, index.idx.long(), n), True)
-            keep = keep[..., :n] & vis
+            keep = index_to_mask(index, n) & vis
             row = {
                 "kind": "lm_xattn",
                 "layer": layer,

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from sim import libero_setup
+from sim.policies import ChunkExecutor
+from sim.run_eval import run_episode
 from tests.utils import require_libero
 
 pytestmark = [pytest.mark.sim, pytest.mark.libero, require_libero]
@@ -294,15 +296,9 @@ def test_expert_solves_libero_spatial():
 
     env = make_env("libero_spatial", 0, RenderConfig.off())
     try:
-        obs, _ = env.reset(options={"init_state": 11})
         expert = make_expert(env)
-        expert.reset()
-        info = {"success": False}
-        for _ in range(env.task.max_steps):
-            obs, _, term, trunc, info = env.step(expert.infer(obs)["actions"][0])
-            if term or trunc:
-                break
-        assert info["success"], f"expert failed, last phase {expert.phase_name}"
+        ep = run_episode(env, ChunkExecutor(expert, 1), 11, seed=0)
+        assert ep.success, f"expert failed, last phase {expert.phase_name}"
     finally:
         env.close()
 
@@ -315,15 +311,9 @@ def test_expert_turns_on_the_stove_and_refuses_unsupported_goals():
 
     env = make_env("libero_goal", "turn_on_the_stove", RenderConfig.off())
     try:
-        obs, _ = env.reset(options={"init_state": 5})
         expert = make_expert(env)
-        expert.reset()
-        info = {"success": False}
-        for _ in range(env.task.max_steps):
-            obs, _, term, trunc, info = env.step(expert.infer(obs)["actions"][0])
-            if term or trunc:
-                break
-        assert info["success"], f"expert failed, last phase {expert.phase_name}"
+        ep = run_episode(env, ChunkExecutor(expert, 1), 5, seed=0)
+        assert ep.success, f"expert failed, last phase {expert.phase_name}"
         assert env.privileged()["objects"]["joints"]["flat_stove_1_button"]["qpos"] >= 0.5
     finally:
         env.close()
