@@ -128,9 +128,20 @@ class Suite:
 # ----------------------------------------------------------------------------------------------
 
 
-def init_state_path(suite: str, task: str) -> Path:
-    """Path of the stored init states of ``suite``/``task``."""
-    return INIT_STATES_DIR / suite / f"{task}.npz"
+INIT_SPLITS = ("eval", "train")
+
+
+def init_state_path(suite: str, task: str, split: str = "eval") -> Path:
+    """Path of the stored init states of ``suite``/``task``.
+
+    ``split="eval"`` is the fixed bank that run_eval scores on; ``split="train"`` is a disjoint bank
+    (drawn with another seed, ``sim/init_states/<suite>/train/``) for collecting demonstrations, so a
+    policy is never evaluated on the exact scenes it was trained on.
+    """
+    if split not in INIT_SPLITS:
+        raise ValueError(f"unknown init-state split {split!r}; choose one of {list(INIT_SPLITS)}")
+    base = INIT_STATES_DIR / suite
+    return (base if split == "eval" else base / split) / f"{task}.npz"
 
 
 def save_init_states(path: Path, states: np.ndarray, meta: Mapping[str, Any], **arrays: np.ndarray) -> None:
@@ -148,19 +159,21 @@ def save_init_states(path: Path, states: np.ndarray, meta: Mapping[str, Any], **
     os.replace(tmp, path)
 
 
-def load_init_states(suite: str, task: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Load ``(states (N, D) float64, meta)`` of ``suite``/``task``."""
-    states, meta, _ = load_init_state_file(suite, task)
+def load_init_states(suite: str, task: str, split: str = "eval") -> tuple[np.ndarray, dict[str, Any]]:
+    """Load ``(states (N, D) float64, meta)`` of ``suite``/``task`` (``split``: see :func:`init_state_path`)."""
+    states, meta, _ = load_init_state_file(suite, task, split)
     return states, meta
 
 
-def load_init_state_file(suite: str, task: str) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+def load_init_state_file(
+    suite: str, task: str, split: str = "eval"
+) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
     """Load ``(states, meta, extra arrays)``; extras include ``settled_state`` (golden start states)."""
-    path = init_state_path(suite, task)
+    path = init_state_path(suite, task, split)
     if not path.exists():
         raise FileNotFoundError(
-            f"no init states for {suite}/{task} at {path}; generate them with "
-            f"`python -m sim.envs.make_init_states --suites {suite}`"
+            f"no {split} init states for {suite}/{task} at {path}; generate them with "
+            f"`python -m sim.envs.make_init_states --suites {suite} --split {split}`"
         )
     with np.load(path, allow_pickle=False) as z:
         extra = {k: np.array(z[k]) for k in z.files if k not in ("states", "meta")}
@@ -197,6 +210,7 @@ class SimEnv(gym.Env):
             np.random.set_state(rng_state)
         self._init_states: np.ndarray | None = None
         self.init_state_meta: dict[str, Any] = {}
+        self.init_split = "eval"
         s = self.render_cfg.image_size
         img = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(
@@ -231,8 +245,17 @@ class SimEnv(gym.Env):
         """Task objects for scripted experts: name -> pose arrays, sites, joint values."""
         return {}
 
+    def use_init_split(self, split: str) -> None:
+        """Switch the init-state bank (``"eval"`` or ``"train"``); the next reset draws from it."""
+        if split not in INIT_SPLITS:
+            raise ValueError(f"unknown init-state split {split!r}; choose one of {list(INIT_SPLITS)}")
+        if split != self.init_split:
+            self.init_split = split
+            self._init_states = None
+            self._needs_reset = True
+
     def _load_init_states(self) -> np.ndarray:
-        states, meta = load_init_states(self.suite_name, self.task.name)
+        states, meta = load_init_states(self.suite_name, self.task.name, self.init_split)
         self.init_state_meta = meta
         return states
 

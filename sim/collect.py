@@ -154,6 +154,7 @@ class _Collector:
         if self.env is not None:
             self.env.close()
         self.env = make_env(self.cfg.suite, task, render=self.cfg.render)
+        self.env.use_init_split(resolve_init_split(self.cfg.suite, task, self.cfg.init_split))
         self.task = task
         self.fps = control_fps(self.env)
         if self.executor is None or needs_env(self.cfg.policy):
@@ -244,7 +245,18 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def resolve_init_split(suite: str, task: str, split: str) -> str:
+    """``auto`` -> ``train`` when ``suite``/``task`` has a train bank on disk, else ``eval``."""
+    from sim.base import init_state_path
+
+    if split != "auto":
+        return split
+    return "train" if init_state_path(suite, task, "train").exists() else "eval"
+
+
 def _check_resumable(report: dict[str, Any], fixed: dict[str, Any], root: Path) -> None:
+    # Collections made before init splits existed drew from the eval bank.
+    report = {"init_split": "eval", **report}
     diff = {k: (report.get(k), v) for k, v in fixed.items() if report.get(k) != v}
     if diff:
         lines = ", ".join(f"{k}: dataset has {a!r}, config asks {b!r}" for k, (a, b) in diff.items())
@@ -294,6 +306,7 @@ def _collect(col: _Collector, tasks: list[tuple[int, str]]) -> dict[str, Any]:
         "action_noise": cfg.action_noise,
         "seed": cfg.seed,
         "max_steps": cfg.max_steps,
+        "init_split": cfg.init_split,
     }
     previous = load_report(col.root)
     if previous is not None:
@@ -351,7 +364,13 @@ def _run_jobs(col: _Collector, bar: Any) -> None:
             record=True,
             action_noise=cfg.action_noise,
         )
-        attempt = {"task": name, "init_state": init_state, "success": ep.success, "steps": ep.steps}
+        attempt = {
+            "task": name,
+            "init_state": init_state,
+            "success": ep.success,
+            "steps": ep.steps,
+            "init_split": col.env.init_split,
+        }
         if ep.success:
             attempt["episode_index"] = col.save(ep.frames, col.env.instruction)
         else:

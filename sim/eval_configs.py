@@ -90,6 +90,10 @@ class CollectConfig:
         tasks: Task names; empty means every task of the suite.
         episodes_per_task: Episodes per task, from init states ``first_init_state ..`` onwards.
         first_init_state: Index of the first init state.
+        init_split: Init-state bank: ``train`` (a bank disjoint from run_eval's, so a policy is not
+            scored on the scenes it trained on), ``eval`` (run_eval's 50 states; LIBERO has only this
+            one), or ``auto``: ``train`` for tasks that have a train bank
+            (``sim/init_states/<suite>/train/``), else ``eval``.
         policy: Who acts (``expert`` for demos; any policy spec works).
         root: Dataset directory. An interrupted run with the same root resumes.
         repo_id: LeRobot repo id written into the dataset's metadata.
@@ -108,6 +112,7 @@ class CollectConfig:
     tasks: list[str] = field(default_factory=list)
     episodes_per_task: int = 50
     first_init_state: int = 0
+    init_split: str = "auto"
     policy: str = "expert"
     root: str = "data/demos/embedded_goal"
     repo_id: str = "local/embedded_goal_demos"
@@ -125,6 +130,8 @@ class CollectConfig:
             raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.first_init_state < 0:
             raise ValueError(f"first_init_state must be >= 0, got {self.first_init_state}")
+        if self.init_split not in ("auto", "train", "eval"):
+            raise ValueError(f"init_split must be 'auto', 'train' or 'eval', got {self.init_split!r}")
         if not self.root:
             raise ValueError("root must be a directory path for the dataset, e.g. --root=data/demos/x")
         if "/" not in self.repo_id:

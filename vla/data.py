@@ -8,6 +8,7 @@ episode, which is the natural subgoal at the end of a demo).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ class DatasetConfig:
         preload: decode every frame once (one sequential pass per episode and camera, resized to the
             policy's sizes) and build the same windows in memory (:class:`PreloadedWindows`). Random
             access into AV1 videos costs a seek per sample; this is much faster on small datasets.
+        windows: a folder written by ``vla-export-windows`` (:mod:`vla.windows`): the same demos as
+            arrays plus one video per camera, read without LeRobot (for machines that lack it).
+            Overrides ``repo_id``/``root``; implies ``preload``.
     """
 
     repo_id: str = "local/embedded_goal"
@@ -41,8 +45,14 @@ class DatasetConfig:
     episodes: list[int] | None = None
     video_backend: str | None = None
     preload: bool = False
+    windows: str | None = None
 
     def __post_init__(self) -> None:
+        if self.windows is not None and not Path(self.windows).is_dir():
+            raise ValueError(
+                f"dataset.windows {self.windows!r} is not a folder; write one with "
+                "`vla-export-windows --root=<LeRobotDataset> --out=<folder>`"
+            )
         if self.root is not None and not Path(self.root).is_dir():
             raise ValueError(
                 f"dataset.root {self.root!r} is not a folder; point it at a LeRobotDataset "
@@ -58,8 +68,40 @@ def delta_timestamps(policy: CotVlaConfig, fps: int) -> dict[str, list[float]]:
     return out
 
 
+def _open_windows(cfg: DatasetConfig, policy: CotVlaConfig | None) -> Any:
+    from vla.windows import load_windows
+
+    w = load_windows(cfg.windows)
+    if cfg.episodes is not None:
+        keep = torch.isin(w.episode_index, torch.as_tensor(cfg.episodes, dtype=torch.int64))
+        w = dataclasses.replace(
+            w,
+            frames={k: v[keep] for k, v in w.frames.items()},
+            actions=w.actions[keep],
+            states=w.states[keep],
+            episode_index=w.episode_index[keep],
+            task_index=w.task_index[keep],
+        )
+    if policy is None:
+        return w
+    missing = [k for k in policy.camera_keys if k not in w.frames]
+    if missing:
+        raise ValueError(f"windows folder {cfg.windows} lacks cameras {missing}; it has {list(w.frames)}")
+    if w.fps != policy.control_hz:
+        raise ValueError(
+            f"dataset fps {w.fps} differs from policy.control_hz {policy.control_hz}; set "
+            "--policy.control_hz to the dataset's rate"
+        )
+    return PreloadedWindows.from_windows(w, policy)
+
+
 def make_dataset(cfg: DatasetConfig, policy: CotVlaConfig | None = None) -> Any:
-    """Open the LeRobotDataset; with ``policy``, windows follow its chunk and subgoal offset."""
+    """Open the LeRobotDataset (or the windows folder); with ``policy``, windows follow its chunk and subgoal offset.
+
+    Without ``policy`` a windows folder comes back as :class:`vla.windows.Windows`.
+    """
+    if cfg.windows is not None:
+        return _open_windows(cfg, policy)
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root)
@@ -131,21 +173,52 @@ class PreloadedWindows(torch.utils.data.Dataset):
     """
 
     def __init__(self, ds: Any, policy: CotVlaConfig) -> None:
-        self.ds, self.policy = ds, policy
-        self.hf_dataset = ds.hf_dataset
         hf = ds.hf_dataset.with_format("numpy")
-        self.ep_index = np.asarray(hf["episode_index"])
+        tasks = ds.meta.tasks
+        by_index = {int(i): t for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
+        size = max(policy.image_size, policy.tokenizer.image_size)
+        self._setup(
+            policy,
+            ep_index=np.asarray(hf["episode_index"]),
+            actions=torch.from_numpy(np.stack(list(hf[ACTION])).astype(np.float32)),
+            states=torch.from_numpy(np.stack(list(hf[OBS_STATE])).astype(np.float32)),
+            tasks=[by_index[int(i)] for i in np.asarray(hf["task_index"])],
+            frames={k: load_frames(ds, k, size) for k in policy.camera_keys},
+        )
+
+    @classmethod
+    def from_windows(cls, w: Any, policy: CotVlaConfig) -> PreloadedWindows:
+        """The same windows from a :class:`vla.windows.Windows` (frames resized to the policy's size)."""
+        from vla.windows import resize_uint8
+
+        size = max(policy.image_size, policy.tokenizer.image_size)
+        self = cls.__new__(cls)
+        self._setup(
+            policy,
+            ep_index=w.episode_index.numpy(),
+            actions=w.actions.float(),
+            states=w.states.float(),
+            tasks=[w.tasks[int(i)] for i in w.task_index.tolist()],
+            frames={k: resize_uint8(w.frames[k], size) for k in policy.camera_keys},
+        )
+        return self
+
+    def _setup(
+        self,
+        policy: CotVlaConfig,
+        ep_index: np.ndarray,
+        actions: Tensor,
+        states: Tensor,
+        tasks: list[str],
+        frames: dict[str, Tensor],
+    ) -> None:
+        self.policy = policy
+        self.ep_index = np.asarray(ep_index)
         starts = np.flatnonzero(np.r_[True, self.ep_index[1:] != self.ep_index[:-1]])
         ends = np.r_[starts[1:], len(self.ep_index)]
         self.ep_start = np.repeat(starts, ends - starts)
         self.ep_end = np.repeat(ends, ends - starts)
-        self.actions = torch.from_numpy(np.stack(list(hf[ACTION])).astype(np.float32))
-        self.states = torch.from_numpy(np.stack(list(hf[OBS_STATE])).astype(np.float32))
-        tasks = ds.meta.tasks
-        by_index = {int(i): t for t, i in zip(tasks.index, tasks["task_index"], strict=True)}
-        self.tasks = [by_index[int(i)] for i in np.asarray(hf["task_index"])]
-        size = max(policy.image_size, policy.tokenizer.image_size)
-        self.frames = {k: load_frames(ds, k, size) for k in policy.camera_keys}
+        self.actions, self.states, self.tasks, self.frames = actions, states, tasks, frames
 
     def __len__(self) -> int:
         return len(self.ep_index)
@@ -172,6 +245,8 @@ class PreloadedWindows(torch.utils.data.Dataset):
 
 def compute_norm_stats(dataset: Any) -> NormStats:
     """q01/q99 of actions and mean/std of states over the (selected) frames, read from the parquet columns."""
+    if isinstance(getattr(dataset, "actions", None), Tensor):  # PreloadedWindows or vla.windows.Windows
+        return NormStats.from_arrays(dataset.actions.numpy(), dataset.states.numpy())
     hf = dataset.hf_dataset.with_format("numpy")
     actions = np.stack(list(hf[ACTION])).astype(np.float64)
     states = np.stack(list(hf[OBS_STATE])).astype(np.float64)
@@ -206,6 +281,7 @@ def make_synthetic_dataset(
     fps: int = 20,
     seed: int = 0,
     repo_id: str = "local/synthetic",
+    videos: bool = False,
 ) -> Path:
     """Write a small LeRobotDataset of a moving square (no simulator) for tests and smoke runs.
 
@@ -214,14 +290,18 @@ def make_synthetic_dataset(
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    img = {"dtype": "image", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
+    img = {
+        "dtype": "video" if videos else "image",
+        "shape": (image_size, image_size, 3),
+        "names": ["height", "width", "channels"],
+    }
     features = {
         OBS_AGENTVIEW: dict(img),
         "observation.images.wrist": dict(img),
         OBS_STATE: {"dtype": "float32", "shape": (8,), "names": None},
         ACTION: {"dtype": "float32", "shape": (7,), "names": None},
     }
-    ds = LeRobotDataset.create(repo_id, fps=fps, features=features, root=root, use_videos=False)
+    ds = LeRobotDataset.create(repo_id, fps=fps, features=features, root=root, use_videos=videos)
     rng = np.random.default_rng(seed)
     tasks = ["move the square to the right", "move the square down"]
     for ep in range(n_episodes):

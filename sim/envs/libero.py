@@ -141,6 +141,11 @@ class LiberoEnv(SimEnv):
             return TASK_MAPPING[problem](bddl, **kw)
 
     def _load_init_states(self) -> np.ndarray:
+        if self.init_split != "eval":
+            raise ValueError(
+                f"LIBERO ships one init-state bank per task (its 50 official states); there is no "
+                f"{self.init_split!r} split. Collect LIBERO demos with the default init_split='eval'."
+            )
         states = official_init_states(self.suite_name, int(self.task.extra["benchmark_index"]))
         self.init_state_meta = {"source": "hf-libero", "file": self.task.extra["init_states_file"]}
         return states

@@ -9,6 +9,8 @@ files are committed and ``tests/sim/test_envs.py`` checks that they still load a
 Example:
     python -m sim.envs.make_init_states --suites embedded_goal robosuite_stock
     python -m sim.envs.make_init_states --suites robosuite_stock --tasks door --num 50
+    # the disjoint training bank that demos are collected from (sim/init_states/<suite>/train/)
+    python -m sim.envs.make_init_states --suites embedded_goal --split train --num 100
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from importlib.metadata import version
 
 import numpy as np
 
-from sim.base import NUM_INIT_STATES, init_state_path, save_init_states
+from sim.base import INIT_SPLITS, NUM_INIT_STATES, init_state_path, save_init_states
 from sim.configs import RenderConfig
 from sim.suites import EMBEDDED_SUITES, get_suite, make_env
 
@@ -33,11 +35,17 @@ def task_seed(suite: str, task: str, base_seed: int = 0) -> int:
     return (zlib.crc32(f"{suite}/{task}".encode()) + base_seed) % (2**32)
 
 
-def generate(suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int = 0) -> np.ndarray:
-    """Draw ``num`` init states of ``suite``/``task`` and write them; returns ``(num, D)``."""
+TRAIN_SEED_OFFSET = 1_000_003
+"""Added to ``base_seed`` for the train split, so its placements never replay the eval bank's."""
+
+
+def generate(
+    suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int = 0, split: str = "eval"
+) -> np.ndarray:
+    """Draw ``num`` init states of ``suite``/``task`` into ``split`` and write them; returns ``(num, D)``."""
     env = make_env(suite, task, render=RenderConfig.off())
     try:
-        seed = task_seed(suite, task, base_seed)
+        seed = task_seed(suite, task, base_seed + (TRAIN_SEED_OFFSET if split == "train" else 0))
         rng_state = np.random.get_state()
         np.random.seed(seed)
         try:
@@ -54,6 +62,7 @@ def generate(suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int =
         meta = {
             "suite": suite,
             "task": task,
+            "split": split,
             "seed": seed,
             "num": num,
             "nq": int(model.nq),
@@ -63,7 +72,7 @@ def generate(suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int =
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         save_init_states(
-            init_state_path(suite, task),
+            init_state_path(suite, task, split),
             states,
             meta,
             settled_state=np.stack(settled),
@@ -81,14 +90,18 @@ def main() -> None:
     p.add_argument("--tasks", nargs="*", default=None, help="task names (default: all tasks of each suite)")
     p.add_argument("--num", type=int, default=NUM_INIT_STATES)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split", choices=INIT_SPLITS, default="eval", help="eval bank or the disjoint train bank"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for suite in args.suites:
         for spec in get_suite(suite).tasks:
             if args.tasks and spec.name not in args.tasks:
                 continue
-            states = generate(suite, spec.name, args.num, args.seed)
-            logger.info("%s/%s: %s -> %s", suite, spec.name, states.shape, init_state_path(suite, spec.name))
+            states = generate(suite, spec.name, args.num, args.seed, args.split)
+            path = init_state_path(suite, spec.name, args.split)
+            logger.info("%s/%s: %s -> %s", suite, spec.name, states.shape, path)
 
 
 if __name__ == "__main__":

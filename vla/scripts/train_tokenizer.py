@@ -67,8 +67,14 @@ class TokenizerTrainConfig:
 def _load_frames(cfg: TokenizerTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode agentview frames into uint8 tensors `(N, 3, S, S)`: (train, held-out)."""
     ds = make_dataset(cfg.dataset)
-    frames = load_frames(ds, OBS_AGENTVIEW, cfg.tokenizer.image_size)
-    ep = torch.as_tensor(np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"]))
+    if cfg.dataset.windows is not None:  # vla.windows.Windows: frames already decoded
+        from vla.windows import resize_uint8
+
+        frames = resize_uint8(ds.frames[OBS_AGENTVIEW], cfg.tokenizer.image_size)
+        ep = ds.episode_index
+    else:
+        frames = load_frames(ds, OBS_AGENTVIEW, cfg.tokenizer.image_size)
+        ep = torch.as_tensor(np.asarray(ds.hf_dataset.with_format("numpy")["episode_index"]))
     episodes = sorted(set(ep.tolist()))
     hold = set(episodes[-cfg.holdout_episodes :]) if cfg.holdout_episodes and len(episodes) > 1 else set()
     is_hold = torch.tensor([int(e) in hold for e in ep.tolist()], dtype=torch.bool)
