@@ -131,7 +131,24 @@ class TextEncoder:
         return len(loaded)
 
 
+TEXT_CACHE_ENV = "VLA_TEXT_CACHE"
+"""Feature files (``os.pathsep``-separated) that every shared encoder preloads: for machines without MiniLM."""
+
+
 @cache
 def get_text_encoder(max_tokens: int) -> TextEncoder:
-    """Process-wide shared encoder per ``max_tokens`` (the MiniLM weights load once)."""
-    return TextEncoder(max_tokens)
+    """Process-wide shared encoder per ``max_tokens`` (the MiniLM weights load once).
+
+    Files named in ``$VLA_TEXT_CACHE`` (written by :meth:`TextEncoder.save_cache`) are preloaded; a file
+    made for another ``max_tokens`` is skipped.
+    """
+    enc = TextEncoder(max_tokens)
+    for path in filter(None, os.environ.get(TEXT_CACHE_ENV, "").split(os.pathsep)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"${TEXT_CACHE_ENV} names {path!r}, which is not a file")
+        try:
+            enc.load_cache(path)
+        except ValueError as e:
+            if "max_tokens" not in str(e):
+                raise
+    return enc

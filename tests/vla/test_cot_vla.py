@@ -254,6 +254,30 @@ def test_text_encoder_paraphrase_cache_roundtrip(tmp_path):
         TextEncoder(16).load_cache(tmp_path / "text.safetensors")
 
 
+def test_text_cache_env_preloads_shared_encoders(tmp_path, monkeypatch):
+    """$VLA_TEXT_CACHE: the shared encoder answers from the file and never loads MiniLM."""
+    from vla import language
+
+    enc = language.TextEncoder(12)
+    feats, _ = enc(["stack the red cube on the blue cube"])
+    enc.save_cache(tmp_path / "text.safetensors")
+    language.TextEncoder(7)(["stack the red cube on the blue cube"])
+    language.TextEncoder(7).save_cache(tmp_path / "other.safetensors")  # empty, another max_tokens
+    monkeypatch.setenv(language.TEXT_CACHE_ENV, f"{tmp_path / 'other.safetensors'}:{tmp_path / 'text.safetensors'}")
+    language.get_text_encoder.cache_clear()
+    try:
+        shared = language.get_text_encoder(12)
+        f2, _ = shared(["stack the red cube on the blue cube"])
+        assert shared.model is None
+        torch.testing.assert_close(f2, feats)
+        monkeypatch.setenv(language.TEXT_CACHE_ENV, str(tmp_path / "missing.safetensors"))
+        language.get_text_encoder.cache_clear()
+        with pytest.raises(FileNotFoundError, match="VLA_TEXT_CACHE"):
+            language.get_text_encoder(12)
+    finally:
+        language.get_text_encoder.cache_clear()
+
+
 def test_infer_reports_stage_timings(tmp_path):
     pol = vla.load_policy(vla.make_tiny_checkpoint(tmp_path / "c"))
     pol.infer(_obs(0))
