@@ -1,21 +1,28 @@
-r"""CoT vs no-CoT on the embedded Goal-like suite: same data, same budget, same evaluation.
+r"""CoT vs no-CoT (and lerobot's ACT) on the embedded Goal-like suite: same data, same budget, same evaluation.
 
-1. Train the CoT policy (``vla.scripts.train.run``: the tokenizer first, then the policy) and the
-   ``no_cot`` ablation with the same config, steps and seed.
-2. Evaluate each checkpoint with ``sim.run_eval.evaluate`` on ``--episodes`` init states of every task.
-3. Write ``bench/results/policy_embedded.json``: headline ``success_cot``, ``success_no_cot``,
-   ``train_minutes`` (CoT, tokenizer included) and ``train_minutes_no_cot``; rows per variant and task.
+Stages (each can run on another machine; they meet in ``--out_dir``):
 
-The issue also asks for lerobot's ACT trained on the same data (``success_lerobot_act``); that adapter is
-not written yet, so the key is absent rather than made up.
+``train``   one variant (``cot``: subgoal tokenizer, then the policy; ``no_cot``: the ablation with the same
+            config, steps and seed) from a LeRobotDataset (``--dataset_root``) or a windows folder
+            (``--windows``, :mod:`vla.windows`; what the GPU machine gets). Writes
+            ``<out_dir>/<variant>/bench_train.json`` (wall minutes, device, steps, batch).
+``eval``    ``sim.run_eval.evaluate`` of a variant's checkpoint on ``--episodes`` init states of every task,
+            into ``<out_dir>/eval_<variant>/results.json`` (the GPU machine runs the same evaluation as
+            parallel single-task processes instead: ``scripts/device/``; the results files are the same).
+``report``  ``bench/results/policy_embedded.json``: headline ``success_cot``, ``success_no_cot``,
+            ``success_lerobot_act`` (when ``<out_dir>/eval_lerobot_act`` exists), ``train_minutes`` (CoT,
+            tokenizer included) and the others' minutes; a row per variant and task.
 
 Examples:
-    # GPU machine, >= 50 expert demos per task collected by vla-collect into data/embedded_goal
-    python -m bench.policy_embedded --dataset_root=data/embedded_goal --episodes=50 --num_workers=8
+    # GPU machine (windows folder written by vla-export-windows from >= 50 demos per task)
+    python -m bench.policy_embedded train --variant=cot --windows=data/windows/embedded_goal
+    python -m bench.policy_embedded train --variant=no_cot --windows=data/windows/embedded_goal
+    # evaluation (here, or the device shard launcher), then the report
+    python -m bench.policy_embedded eval --variant=cot --episodes=50 --num_workers=2
+    python -m bench.policy_embedded report
     # CPU smoke run (meaningless numbers; results to /tmp)
-    python -m bench.policy_embedded --dataset_root=outputs/demo/demos \
-        --train_config=configs/train/cot_vla_tiny.yaml --steps=20 --tokenizer_steps=20 --episodes=1 \
-        --tasks put_red_cube_on_plate --out_dir=/tmp/pe --results_dir=/tmp/pe
+    python -m bench.policy_embedded train --variant=cot --dataset_root=outputs/demo/demos \
+        --train_config=configs/train/cot_vla_tiny.yaml --steps=20 --tokenizer_steps=20 --out_dir=/tmp/pe
 """
 
 from __future__ import annotations
@@ -25,34 +32,65 @@ import json
 import time
 from pathlib import Path
 
-import draccus
-
 from bench.common import RESULTS_DIR, device_name, write_results
 
+VARIANTS = ("cot", "no_cot", "lerobot_act")
 
-def train_variant(args: argparse.Namespace, use_cot: bool) -> tuple[Path, float]:
-    """Train one variant; returns (checkpoint dir, minutes)."""
+
+def checkpoint_dir(out_dir: str | Path, variant: str) -> Path:
+    """Where a variant's trained checkpoint lands."""
+    if variant == "lerobot_act":
+        return Path(out_dir) / variant / "checkpoint"
+    return Path(out_dir) / variant / "checkpoints" / "last" / "pretrained_model"
+
+
+def train_variant(args: argparse.Namespace) -> dict:
+    """Train ``args.variant`` (cot or no_cot) and record its wall time."""
+    import draccus
+
     from vla.scripts.train import TrainConfig, run
 
-    name = "cot" if use_cot else "no_cot"
+    if args.variant not in ("cot", "no_cot"):
+        raise ValueError(f"train takes --variant cot or no_cot (ACT trains with vla-train-act), got {args.variant}")
+    if (args.windows is None) == (args.dataset_root is None):
+        raise ValueError("give exactly one of --windows (a vla-export-windows folder) or --dataset_root")
+    out = Path(args.out_dir) / args.variant
+    data = [f"--dataset.windows={args.windows}"] if args.windows else [f"--dataset.root={args.dataset_root}"]
     overrides = [
-        f"--dataset.root={args.dataset_root}",
-        f"--output_dir={Path(args.out_dir) / name}",
-        f"--policy.use_cot={str(use_cot).lower()}",
+        *data,
+        f"--output_dir={out}",
+        f"--policy.use_cot={str(args.variant == 'cot').lower()}",
         f"--seed={args.seed}",
         "--tensorboard=false",
+        f"--device={args.device}",
     ]
     if args.steps:
         overrides += [f"--optim.steps={args.steps}", f"--optim.warmup_steps={min(args.steps // 10, 200)}"]
+    if args.batch_size:
+        overrides.append(f"--batch_size={args.batch_size}")
     if args.tokenizer_steps is not None:
         overrides.append(f"--tokenizer_steps={args.tokenizer_steps}")
+    if args.num_workers is not None:
+        overrides.append(f"--num_workers={args.num_workers}")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
     t0 = time.perf_counter()
-    run(cfg)
-    return Path(cfg.output_dir) / "checkpoints" / "last" / "pretrained_model", (time.perf_counter() - t0) / 60
+    summary = run(cfg)
+    record = {
+        "variant": args.variant,
+        "minutes": round((time.perf_counter() - t0) / 60, 2),
+        "loop_minutes": round(summary["train_minutes"], 2),
+        "device": device_name(),
+        "steps": cfg.optim.steps,
+        "batch_size": cfg.batch_size,
+        "train_config": args.train_config,
+        "data": args.windows or args.dataset_root,
+        "final": {k: v for k, v in summary.items() if k != "train_minutes"},
+    }
+    (out / "bench_train.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
-def evaluate_variant(args: argparse.Namespace, ckpt: Path, name: str) -> dict:
+def eval_variant(args: argparse.Namespace) -> dict:
     """run_eval on every (or the given) task of the suite."""
     from sim.eval_configs import EvalConfig
     from sim.run_eval import evaluate
@@ -61,72 +99,98 @@ def evaluate_variant(args: argparse.Namespace, ckpt: Path, name: str) -> dict:
         suite=args.suite,
         tasks=list(args.tasks or []),
         episodes=args.episodes,
-        policy=str(ckpt),
-        num_workers=args.num_workers,
+        policy=str(args.policy or checkpoint_dir(args.out_dir, args.variant)),
+        num_workers=args.eval_workers,
         seed=args.seed,
         video=args.video,
         max_videos_per_task=2,
-        out_dir=str(Path(args.out_dir) / f"eval_{name}"),
+        out_dir=str(Path(args.out_dir) / f"eval_{args.variant}"),
     )
-    return evaluate(cfg, command=f"bench.policy_embedded eval {name}")
+    return evaluate(cfg, command=f"bench.policy_embedded eval --variant={args.variant}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset_root", required=True)
-    ap.add_argument("--train_config", default="configs/train/cot_vla_embedded_goal.yaml")
-    ap.add_argument("--steps", type=int, default=0, help="override optim.steps (0 keeps the config's)")
-    ap.add_argument("--tokenizer_steps", type=int, default=None)
-    ap.add_argument("--suite", default="embedded_goal")
-    ap.add_argument("--tasks", nargs="*", default=None)
-    ap.add_argument("--episodes", type=int, default=50)
-    ap.add_argument("--num_workers", type=int, default=1)
-    ap.add_argument("--video", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out_dir", default="outputs/bench/policy_embedded")
-    ap.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
-    args = ap.parse_args()
-
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
-    meta = LeRobotDatasetMetadata("local/embedded_goal", root=args.dataset_root)
-    rows, headline = [], {}
-    train_device = device_name()
-    for use_cot in (True, False):
-        name = "cot" if use_cot else "no_cot"
-        ckpt, minutes = train_variant(args, use_cot)
-        res = evaluate_variant(args, ckpt, name)
-        headline[f"success_{name}"] = res["mean_success"]
-        headline["train_minutes" if use_cot else "train_minutes_no_cot"] = round(minutes, 2)
-        for task, t in res["tasks"].items():
+def report(args: argparse.Namespace) -> Path:
+    """Collect train and eval records of every variant present into bench/results/policy_embedded.json."""
+    out = Path(args.out_dir)
+    rows, headline, config = [], {}, {"suite": args.suite, "variants": {}}
+    train_device = None
+    for variant in VARIANTS:
+        res_path = out / f"eval_{variant}" / "results.json"
+        if not res_path.is_file():
+            continue
+        res = json.loads(res_path.read_text())
+        headline[f"success_{variant}"] = round(float(res["mean_success"]), 4)
+        train_path = out / variant / "bench_train.json"
+        train = json.loads(train_path.read_text()) if train_path.is_file() else {}
+        if train:
+            key = "train_minutes" if variant == "cot" else f"train_minutes_{variant}"
+            headline[key] = train["minutes"]
+            train_device = train_device or train.get("device")
+        config["variants"][variant] = {
+            "train": train,
+            "eval_episodes": sum(t["episodes"] for t in res["tasks"].values()),
+            "eval_policy": res.get("policy"),
+            "eval_protocol": res.get("protocol"),
+        }
+        for task, t in sorted(res["tasks"].items()):
             rows.append(
                 {
-                    "variant": name,
+                    "variant": variant,
                     "task": task,
                     "success_rate": t["success_rate"],
                     "episodes": t["episodes"],
-                    "ci95": t["ci95"],
-                    "checkpoint": str(ckpt),
+                    "ci95": t.get("ci95"),
                 }
             )
+    if "success_cot" not in headline:
+        raise FileNotFoundError(f"no {out / 'eval_cot' / 'results.json'}: run the eval stage first")
+    if args.dataset_note:
+        config["dataset"] = args.dataset_note
     path = write_results(
         "policy_embedded",
         rows=rows,
         headline=headline,
-        device=train_device,
+        device=f"train: {train_device}; eval: {args.eval_device}",
         out_dir=args.results_dir,
-        config={
-            "dataset_root": args.dataset_root,
-            "episodes_in_dataset": meta.total_episodes,
-            "tasks_in_dataset": meta.total_tasks,
-            "train_config": args.train_config,
-            "steps_override": args.steps,
-            "eval_episodes_per_task": args.episodes,
-            "suite": args.suite,
-            "lerobot_act": "not run (adapter not written)",
-        },
+        config=config,
+        command=args.command,
     )
     print(json.dumps({"path": str(path), "headline": headline}))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=("train", "eval", "report"))
+    ap.add_argument("--variant", choices=VARIANTS, default="cot")
+    ap.add_argument("--windows", default=None, help="vla-export-windows folder (train)")
+    ap.add_argument("--dataset_root", default=None, help="LeRobotDataset folder (train)")
+    ap.add_argument("--train_config", default="configs/train/cot_vla_embedded_goal.yaml")
+    ap.add_argument("--steps", type=int, default=0, help="override optim.steps (0 keeps the config's)")
+    ap.add_argument("--batch_size", type=int, default=0, help="override batch_size (0 keeps the config's)")
+    ap.add_argument("--tokenizer_steps", type=int, default=None)
+    ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--suite", default="embedded_goal")
+    ap.add_argument("--tasks", nargs="*", default=None)
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--policy", default=None, help="checkpoint to evaluate (default: the variant's)")
+    ap.add_argument("--eval_workers", type=int, default=1)
+    ap.add_argument("--video", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out_dir", default="outputs/bench/policy_embedded")
+    ap.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--eval_device", default="AMD EPYC, 2 cores", help="where the eval ran (report)")
+    ap.add_argument("--dataset_note", default="", help="how the demos were made (report)")
+    ap.add_argument("--command", default=None, help="the command line(s) recorded in the report")
+    args = ap.parse_args()
+    if args.stage == "train":
+        print(json.dumps(train_variant(args)))
+    elif args.stage == "eval":
+        res = eval_variant(args)
+        print(json.dumps({"variant": args.variant, "mean_success": res["mean_success"]}))
+    else:
+        report(args)
 
 
 if __name__ == "__main__":

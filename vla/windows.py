@@ -183,6 +183,40 @@ def read_lerobot(
     )
 
 
+def concat_windows(parts: list[Windows]) -> Windows:
+    """Several demo sets as one: episodes renumbered after each other, tasks merged by instruction."""
+    if not parts:
+        raise ValueError("concat_windows needs at least one Windows")
+    keys = list(parts[0].frames)
+    tasks: list[str] = []
+    ep_off, eps, tix = 0, [], []
+    for w in parts:
+        if list(w.frames) != keys or w.fps != parts[0].fps:
+            raise ValueError(
+                f"cannot join demo sets with different cameras or rates: {keys}@{parts[0].fps} vs "
+                f"{list(w.frames)}@{w.fps}"
+            )
+        remap = []
+        for t in w.tasks:
+            if t not in tasks:
+                tasks.append(t)
+            remap.append(tasks.index(t))
+        _, ep = torch.unique_consecutive(w.episode_index, return_inverse=True)
+        eps.append(ep + ep_off)
+        ep_off += int(ep.max()) + 1 if len(ep) else 0
+        tix.append(torch.as_tensor(remap, dtype=torch.int64)[w.task_index])
+    return Windows(
+        frames={k: torch.cat([w.frames[k] for w in parts]) for k in keys},
+        actions=torch.cat([w.actions for w in parts]),
+        states=torch.cat([w.states for w in parts]),
+        episode_index=torch.cat(eps),
+        task_index=torch.cat(tix),
+        tasks=tasks,
+        fps=parts[0].fps,
+        source=" + ".join(w.source for w in parts),
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # The folder on disk
 # ------------------------------------------------------------------------------------------------
@@ -329,7 +363,8 @@ class ExportConfig:
 
     Args:
         repo_id: LeRobot dataset id.
-        root: local dataset folder (what ``vla-collect`` wrote).
+        root: local dataset folder (what ``vla-collect`` wrote); several folders separated by commas are
+            joined (episodes renumbered in order, tasks merged by instruction).
         out: the windows folder to write.
         size: camera frames resized to ``size`` x ``size`` (the policy's largest image size).
         cameras: camera keys; empty = every camera of the dataset.
@@ -352,7 +387,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = draccus.parse(ExportConfig)
     t0 = time.time()
-    w = read_lerobot(cfg.repo_id, cfg.root, cfg.cameras or None, cfg.size)
+    roots = cfg.root.split(",") if cfg.root else [None]
+    w = concat_windows([read_lerobot(cfg.repo_id, r, cfg.cameras or None, cfg.size) for r in roots])
     out = save_windows(w, cfg.out)
     mb = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     logging.info(

@@ -1,5 +1,6 @@
 """The windows folder (vla/windows.py): LeRobotDataset -> arrays + one video per camera -> the same windows."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,26 @@ def test_damaged_or_foreign_folders_give_clear_errors(windows_dir, tmp_path):
         make_dataset(
             DatasetConfig(windows=str(windows_dir)), CotVlaConfig.tiny(camera_keys=["observation.images.top"])
         )
+
+
+def test_concat_windows_renumbers_episodes_and_merges_tasks(windows_dir):
+    from vla.windows import concat_windows
+
+    w = load_windows(windows_dir)
+    sub = dataclasses.replace(
+        w,
+        frames={k: v[14:] for k, v in w.frames.items()},
+        actions=w.actions[14:],
+        states=w.states[14:],
+        episode_index=w.episode_index[14:] + 5,  # episodes 6, 7
+        task_index=1 - w.task_index[14:],  # same instructions, other index order
+        tasks=list(reversed(w.tasks)),
+    )
+    both = concat_windows([w, sub])
+    assert both.episode_index.tolist() == [0] * 14 + [1] * 14 + [2] * 14 + [3] * 14 + [4] * 14
+    assert both.tasks == w.tasks
+    instr = [both.tasks[i] for i in both.task_index.tolist()]
+    assert instr[42:] == [w.tasks[i] for i in w.task_index[14:].tolist()]
+    assert torch.equal(both.frames[WRIST][42:], w.frames[WRIST][14:])
+    with pytest.raises(ValueError, match="different cameras"):
+        concat_windows([w, dataclasses.replace(sub, frames={WRIST: sub.frames[WRIST]})])
