@@ -1,4 +1,4 @@
-r"""CoT vs no-CoT (and lerobot's ACT) on the embedded Goal-like suite: same data, same budget, same evaluation.
+r"""CoT vs no-CoT (and lerobot's ACT) on the embedded Goal-like suite: same data, same budget, same eval.
 
 Stages (each can run on another machine; they meet in ``--out_dir``):
 
@@ -51,7 +51,9 @@ def train_variant(args: argparse.Namespace) -> dict:
     from vla.scripts.train import TrainConfig, run
 
     if args.variant not in ("cot", "no_cot"):
-        raise ValueError(f"train takes --variant cot or no_cot (ACT trains with vla-train-act), got {args.variant}")
+        raise ValueError(
+            f"train takes --variant cot or no_cot (ACT trains with vla-train-act), got {args.variant}"
+        )
     if (args.windows is None) == (args.dataset_root is None):
         raise ValueError("give exactly one of --windows (a vla-export-windows folder) or --dataset_root")
     out = Path(args.out_dir) / args.variant

@@ -160,7 +160,7 @@ def save_init_states(path: Path, states: np.ndarray, meta: Mapping[str, Any], **
 
 
 def load_init_states(suite: str, task: str, split: str = "eval") -> tuple[np.ndarray, dict[str, Any]]:
-    """Load ``(states (N, D) float64, meta)`` of ``suite``/``task`` (``split``: see :func:`init_state_path`)."""
+    """Load ``(states (N, D) float64, meta)`` of ``suite``/``task`` (``split``: :func:`init_state_path`)."""
     states, meta, _ = load_init_state_file(suite, task, split)
     return states, meta
 

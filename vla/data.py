@@ -96,7 +96,7 @@ def _open_windows(cfg: DatasetConfig, policy: CotVlaConfig | None) -> Any:
 
 
 def make_dataset(cfg: DatasetConfig, policy: CotVlaConfig | None = None) -> Any:
-    """Open the LeRobotDataset (or the windows folder); with ``policy``, windows follow its chunk and subgoal offset.
+    """Open the LeRobotDataset (or windows folder); with ``policy``, windows follow its chunk and subgoal k.
 
     Without ``policy`` a windows folder comes back as :class:`vla.windows.Windows`.
     """

@@ -132,7 +132,7 @@ class TextEncoder:
 
 
 TEXT_CACHE_ENV = "VLA_TEXT_CACHE"
-"""Feature files (``os.pathsep``-separated) that every shared encoder preloads: for machines without MiniLM."""
+"""Feature files (``os.pathsep``-separated) every shared encoder preloads: for machines without MiniLM."""
 
 
 @cache

@@ -17,8 +17,10 @@ TASKS = [t.name for t in get_suite("embedded_goal").tasks]
 def test_train_bank_is_disjoint_from_eval_bank(task):
     ev, ev_meta, ev_extra = load_init_state_file("embedded_goal", task, "eval")
     tr, tr_meta, tr_extra = load_init_state_file("embedded_goal", task, "train")
-    assert tr.shape[1] == ev.shape[1] and len(tr) >= 56  # vla-collect takes 56 demos per task
-    assert tr_meta["split"] == "train" and tr_meta["seed"] != ev_meta["seed"]
+    assert tr.shape[1] == ev.shape[1]
+    assert len(tr) >= 56
+    assert tr_meta["split"] == "train"
+    assert tr_meta["seed"] != ev_meta["seed"]
     # no train placement replays an eval one (object poses differ in every pair)
     dist = np.abs(tr[:, None, :] - ev[None, :, :]).max(-1)
     assert dist.min() > 1e-3
@@ -30,7 +32,7 @@ def test_env_switches_bank(goal_env):
     obs_eval, _ = goal_env.reset(options={"init_state": 0})
     goal_env.use_init_split("train")
     try:
-        obs_train, info = goal_env.reset(options={"init_state": 0})
+        obs_train, _info = goal_env.reset(options={"init_state": 0})
         assert goal_env.num_init_states == len(
             load_init_state_file("embedded_goal", goal_env.task.name, "train")[0]
         )

@@ -263,7 +263,9 @@ def test_text_cache_env_preloads_shared_encoders(tmp_path, monkeypatch):
     enc.save_cache(tmp_path / "text.safetensors")
     language.TextEncoder(7)(["stack the red cube on the blue cube"])
     language.TextEncoder(7).save_cache(tmp_path / "other.safetensors")  # empty, another max_tokens
-    monkeypatch.setenv(language.TEXT_CACHE_ENV, f"{tmp_path / 'other.safetensors'}:{tmp_path / 'text.safetensors'}")
+    monkeypatch.setenv(
+        language.TEXT_CACHE_ENV, f"{tmp_path / 'other.safetensors'}:{tmp_path / 'text.safetensors'}"
+    )
     language.get_text_encoder.cache_clear()
     try:
         shared = language.get_text_encoder(12)

@@ -1,4 +1,4 @@
-"""The windows folder (vla/windows.py): LeRobotDataset -> arrays + one video per camera -> the same windows."""
+"""The windows folder (vla/windows.py): LeRobotDataset -> arrays + a video per camera -> the same windows."""
 
 import dataclasses
 from pathlib import Path
@@ -70,7 +70,8 @@ def test_windows_folder_gives_the_preloaded_windows(video_synth, windows_dir):
     np.testing.assert_allclose(s_win.action_q99, s_ref.action_q99)
     np.testing.assert_allclose(s_win.state_mean, s_ref.state_mean, rtol=1e-6)
     sub = make_dataset(DatasetConfig(windows=str(windows_dir), episodes=[1]), cfg)
-    assert len(sub) == 14 and sub[0]["task"] == "move the square down"
+    assert len(sub) == 14
+    assert sub[0]["task"] == "move the square down"
 
 
 def test_windows_training_runs_without_lerobot_dataset(windows_dir, tmp_path, monkeypatch):
@@ -116,7 +117,7 @@ def test_damaged_or_foreign_folders_give_clear_errors(windows_dir, tmp_path):
     w = load_windows(bad)  # same frame count: loads, but the frames are the other camera's
     assert torch.equal(w.frames[WRIST], w.frames[OBS_AGENTVIEW])
     (bad / cams[0].name).write_bytes(b"not a video")
-    with pytest.raises(Exception):  # noqa: B017 (PyAV's or our error, both name the file)
+    with pytest.raises(Exception):  # noqa: B017, PT011 (PyAV's error or ours)
         load_windows(bad)
     with pytest.raises(ValueError, match="not a folder"):
         DatasetConfig(windows=str(tmp_path / "missing"))
