@@ -6,7 +6,8 @@ from a spec string:
 
 - ``"expert"``: the suite's scripted expert for ``env`` (`sim.experts.make_expert`);
 - ``"random"`` (or ``"random:<seed>"``): uniform actions in [-1, 1];
-- a checkpoint directory: `vla.load_policy(path)` (imported lazily; sim never imports models otherwise);
+- a checkpoint directory: `vla.load_policy(path, device=$VLA_POLICY_DEVICE or "cpu")` (imported lazily;
+  sim never imports models otherwise);
 - an ``http://`` / ``https://`` / ``ws://`` / ``wss://`` URL: `policy_server.client.PolicyClient(url)`
   (API key from ``$VLA_SERVE_API_KEY``).
 
@@ -145,12 +146,14 @@ def make_policy(spec: str, env: Any = None, *, seed: int = 0) -> Policy:
             f"Policy spec {spec!r} is a directory, but `vla.load_policy` cannot be imported ({e}); a "
             "checkpoint needs the vla package (pip install -e .)."
         ) from e
+    device = os.environ.get("VLA_POLICY_DEVICE") or "cpu"
     try:
-        return load_policy(Path(spec))
+        return load_policy(Path(spec), device=device)
     except Exception as e:
         raise RuntimeError(
-            f"Could not load a checkpoint from {spec!r}: {type(e).__name__}: {e}. A checkpoint directory "
-            "holds config.json (or .yaml) and model.safetensors (DESIGN.md 'Checkpoint')."
+            f"Could not load a checkpoint from {spec!r} onto device {device!r} ($VLA_POLICY_DEVICE): "
+            f"{type(e).__name__}: {e}. A checkpoint directory holds config.json (or .yaml) and "
+            "model.safetensors (DESIGN.md 'Checkpoint')."
         ) from e
 
 
