@@ -141,6 +141,7 @@ def make_policy(spec: str, env: Any = None, *, seed: int = 0) -> Policy:
         return PolicyClient(spec, api_key=os.environ.get("VLA_SERVE_API_KEY") or None)
     try:
         from vla import load_policy
+        from vla.peers import is_peer_checkpoint, load_peer
     except ImportError as e:
         raise RuntimeError(
             f"Policy spec {spec!r} is a directory, but `vla.load_policy` cannot be imported ({e}); a "
@@ -148,6 +149,8 @@ def make_policy(spec: str, env: Any = None, *, seed: int = 0) -> Policy:
         ) from e
     device = os.environ.get("VLA_POLICY_DEVICE") or "cpu"
     try:
+        if is_peer_checkpoint(spec):  # another project's policy trained on our data (vla/peers)
+            return load_peer(Path(spec), device=device)
         return load_policy(Path(spec), device=device)
     except Exception as e:
         raise RuntimeError(

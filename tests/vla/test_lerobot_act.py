@@ -145,6 +145,13 @@ def test_save_load_gives_identical_actions(demos, tmp_path):
     for seed in range(3):
         obs = make_obs(128, TASKS[seed % 2], seed)
         np.testing.assert_array_equal(loaded.infer(obs)["actions"], adapter.infer(obs)["actions"])
+    # run_eval's loader (`--policy <dir>`) recognises the peer checkpoint by its peer.json
+    from sim.policies import make_policy
+
+    via_eval = make_policy(str(path))
+    assert isinstance(via_eval, ActAdapter)
+    obs = make_obs(128, TASKS[0], 7)
+    np.testing.assert_array_equal(via_eval.infer(obs)["actions"], adapter.infer(obs)["actions"])
 
 
 def test_device_from_env(demos, tmp_path, monkeypatch):
