@@ -118,11 +118,13 @@ def report(args: argparse.Namespace) -> Path:
     train_device = None
     for variant in VARIANTS:
         res_path = out / f"eval_{variant}" / "results.json"
+        train_path = out / variant / "bench_train.json"
         if not res_path.is_file():
+            if train_path.is_file():  # trained, never evaluated: say so rather than drop it
+                config["variants"][variant] = {"train": json.loads(train_path.read_text()), "eval": "not run"}
             continue
         res = json.loads(res_path.read_text())
         headline[f"success_{variant}"] = round(float(res["mean_success"]), 4)
-        train_path = out / variant / "bench_train.json"
         train = json.loads(train_path.read_text()) if train_path.is_file() else {}
         if train:
             key = "train_minutes" if variant == "cot" else f"train_minutes_{variant}"
@@ -131,6 +133,9 @@ def report(args: argparse.Namespace) -> Path:
         config["variants"][variant] = {
             "train": train,
             "eval_episodes": sum(t["episodes"] for t in res["tasks"].values()),
+            # the device's shard launcher marks a merge that lacks shards (cut by a call's time limit)
+            "eval_complete": bool(res.get("complete", True)),
+            "eval_missing": res.get("missing", []),
             "eval_policy": res.get("policy"),
             "eval_protocol": res.get("protocol"),
         }
