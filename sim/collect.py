@@ -256,7 +256,7 @@ def resolve_init_split(suite: str, task: str, split: str) -> str:
 
 def _check_resumable(report: dict[str, Any], fixed: dict[str, Any], root: Path) -> None:
     # Collections made before init splits existed drew from the eval bank.
-    report = {"init_split": "eval", **report}
+    report = {"init_split": "eval", "action_label": "executed", **report}
     diff = {k: (report.get(k), v) for k, v in fixed.items() if report.get(k) != v}
     if diff:
         lines = ", ".join(f"{k}: dataset has {a!r}, config asks {b!r}" for k, (a, b) in diff.items())
@@ -307,6 +307,7 @@ def _collect(col: _Collector, tasks: list[tuple[int, str]]) -> dict[str, Any]:
         "seed": cfg.seed,
         "max_steps": cfg.max_steps,
         "init_split": cfg.init_split,
+        "action_label": cfg.action_label,
     }
     previous = load_report(col.root)
     if previous is not None:
@@ -363,6 +364,7 @@ def _run_jobs(col: _Collector, bar: Any) -> None:
             max_steps=cfg.max_steps,
             record=True,
             action_noise=cfg.action_noise,
+            record_clean_action=cfg.action_label == "expert",
         )
         attempt = {
             "task": name,

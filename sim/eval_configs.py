@@ -98,8 +98,10 @@ class CollectConfig:
         root: Dataset directory. An interrupted run with the same root resumes.
         repo_id: LeRobot repo id written into the dataset's metadata.
         overwrite: Delete an existing dataset at ``root`` first instead of resuming.
-        action_noise: Std of Gaussian noise added to the arm's 6 action dims (gripper untouched); the
-            executed (noisy, clipped) action is what gets recorded.
+        action_noise: Std of Gaussian noise added to the arm's 6 action dims (gripper untouched).
+        action_label: Which action the dataset records: ``executed`` (the noisy, clipped one that moved
+            the arm) or ``expert`` (the policy's own action before the noise: DART-style labels, so the
+            noise widens the states seen without teaching the noise).
         seed: Base seed of the noise.
         max_steps: Step limit override (unset: each task's own limit); episodes that hit it are dropped.
         commit_every: Saved episodes per commit; a kill loses at most the uncommitted ones.
@@ -118,6 +120,7 @@ class CollectConfig:
     repo_id: str = "local/embedded_goal_demos"
     overwrite: bool = False
     action_noise: float = 0.0
+    action_label: str = "executed"
     seed: int = 0
     max_steps: int | None = None
     commit_every: int = 10
@@ -140,6 +143,8 @@ class CollectConfig:
             )
         if self.action_noise < 0:
             raise ValueError(f"action_noise is a std and must be >= 0, got {self.action_noise}")
+        if self.action_label not in ("executed", "expert"):
+            raise ValueError(f"action_label must be 'executed' or 'expert', got {self.action_label!r}")
         if self.commit_every < 1:
             raise ValueError(f"commit_every must be >= 1, got {self.commit_every}")
         valid_codecs = ("libsvtav1", "h264", "hevc")

@@ -106,6 +106,7 @@ def run_episode(
     max_steps: int | None = None,
     record: bool = False,
     action_noise: float = 0.0,
+    record_clean_action: bool = False,
 ) -> Episode:
     """Run one episode from fixed init state ``init_state`` until success or the step limit.
 
@@ -117,6 +118,8 @@ def run_episode(
         max_steps: Optional step limit below the task's own.
         record: Keep every (observation, executed action) pair and the policy's subgoal images.
         action_noise: Std of Gaussian noise on the 6 arm dims of each action (clipped to [-1, 1]).
+        record_clean_action: Record the policy's own action instead of the noisy one that was executed
+            (DART, Laskey et al. 2017: the noise widens the states visited, the labels stay the expert's).
 
     Returns:
         The `Episode`; ``success`` is the env's success flag at the last step.
@@ -129,11 +132,12 @@ def run_episode(
     limit = step_limit(env, max_steps)
     for _ in range(limit):
         action = executor.act(obs).copy()
+        clean = action.copy() if record_clean_action else action
         if action_noise > 0:
             action[:6] += rng.normal(0.0, action_noise, 6).astype(np.float32)
             np.clip(action, -1.0, 1.0, out=action)
         if record:
-            ep.frames.append((obs, action))
+            ep.frames.append((obs, clean))
             sub = executor.last_output.get("subgoal_image")
             ep.subgoals.append(None if sub is None else np.asarray(sub))
         obs, _reward, terminated, truncated, info = env.step(action)

@@ -265,3 +265,29 @@ def test_resume_after_sigint_and_sigkill(tmp_path):
         item = ds[start]
         assert int(item["episode_index"]) == i
         assert item["observation.images.wrist"].shape == (3, 64, 64)
+
+
+def test_dart_labels_record_the_clean_action(task_env):
+    """action_label=expert: the arm moves with the noise, the dataset keeps the policy's own action."""
+    from sim.policies import ChunkExecutor, make_policy
+    from sim.run_eval import run_episode
+
+    env = task_env(SUITE, TASK)
+
+    def episode(noise: float, clean: bool):
+        ex = ChunkExecutor(make_policy("random:3"))
+        return run_episode(
+            env, ex, 0, seed=5, max_steps=8, record=True, action_noise=noise, record_clean_action=clean
+        )
+
+    plain = episode(0.0, False)
+    noisy = episode(0.2, False)
+    dart = episode(0.2, True)
+    acts = lambda ep: np.stack([a for _, a in ep.frames])  # noqa: E731
+    states = lambda ep: np.stack([o["observation.state"] for o, _ in ep.frames])  # noqa: E731
+    np.testing.assert_array_equal(acts(dart), acts(plain))  # labels: the policy's actions
+    assert np.abs(acts(noisy) - acts(plain)).max() > 0.05  # executed labels carry the noise
+    np.testing.assert_array_equal(states(dart), states(noisy))  # same noisy rollout either way
+    assert np.abs(states(dart) - states(plain)).max() > 1e-4
+    with pytest.raises(ValueError, match="action_label"):
+        _cfg(Path("/tmp/x"), action_label="noisy")
