@@ -5,8 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,8 @@ from typing import Any
 import draccus
 import torch
 from torch import Tensor, nn
+
+from vla.fileio import atomic_dir
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -77,10 +77,7 @@ class Policy(nn.Module, ABC):
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; checkpoints are shared (servers, other users)
-        try:
+        with atomic_dir(path) as tmp:
             with open(tmp / CONFIG_FILE, "w") as f:
                 draccus.dump(self.config_to_save(), f)
             save_file(self.state_dict_to_save(), str(tmp / WEIGHTS_FILE))
@@ -88,17 +85,6 @@ class Policy(nn.Module, ABC):
             if metadata is not None:
                 (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
             self.extra_files(tmp)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod

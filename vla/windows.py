@@ -21,9 +21,6 @@ about 20x slower on these small AV1 files.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from vla.fileio import atomic_dir
 
 FORMAT = "vla-windows"
 VERSION = 1
@@ -243,9 +242,7 @@ def save_windows(w: Windows, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         cams = {}
         for i, (key, frames) in enumerate(w.frames.items()):
             fname = f"camera{i}.mp4"
@@ -276,18 +273,6 @@ def save_windows(w: Windows, out_dir: str | Path) -> Path:
             str(tmp / ARRAYS_FILE),
             metadata=meta,
         )
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

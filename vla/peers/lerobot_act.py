@@ -26,9 +26,7 @@ import importlib.machinery
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import types
 from dataclasses import asdict, dataclass, field
@@ -41,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vla.constants import ACTION, ACTION_IS_PAD, CAMERA_KEYS, GRIPPER_CONVENTION, OBS_STATE, TASK
+from vla.fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -417,26 +416,12 @@ def peer_record(cfg: ActPolicyConfig, samples: ActSamples, **extra: Any) -> dict
 def save_checkpoint(path: str | Path, policy: Any, stats: ActNormStats, record: dict[str, Any]) -> Path:
     """Write ``path`` atomically: a temp folder beside it, then a rename (an older ``path`` is replaced)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
-    try:
+    with atomic_dir(out) as tmp:
         policy.save_pretrained(tmp)  # lerobot: config.json + model.safetensors
         stats.save(tmp / NORM_FILE)
         (tmp / "peer.json").write_text(json.dumps(record, indent=2))
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
