@@ -52,6 +52,7 @@ def bundle_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
+@pytest.mark.slow  # needs the built bundle (a ~2 min build): deselected by default rather than skipped
 def test_bundle_manifest_lists_what_the_archive_holds(bundle_site: Path) -> None:
     manifest = json.loads((BUNDLE / "MANIFEST.json").read_text())
     assert "embedded_goal" in manifest["suites"]
