@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 
 @dataclass
@@ -178,3 +180,28 @@ def infinite(loader: Any) -> Any:
             sampler.set_epoch(epoch)
         yield from loader
         epoch += 1
+
+
+def random_shift(images: list[Tensor], pad: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    """DrQ-style augmentation: replicate-pad by ``pad`` pixels, then crop back at a random offset per sample.
+
+    Every tensor in ``images`` is ``(B, C, H, W)`` with the same ``B``; sample ``b`` of each gets the
+    same offset, so a frame and its subgoal frame (or two views) stay aligned. ``pad=0`` returns the
+    inputs. (Yarats et al. 2021, "Image Augmentation Is All You Need"; Diffusion Policy crops too.)
+    """
+    if pad <= 0 or not images:
+        return images
+    b = images[0].shape[0]
+    dev = images[0].device
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).to(dev)
+    out = []
+    for x in images:
+        if x.shape[0] != b:
+            raise ValueError(f"random_shift: every tensor needs batch {b}, got {tuple(x.shape)}")
+        c, h, w = x.shape[1:]
+        padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        rows = off[:, 0, None] + torch.arange(h, device=dev)  # (B, H) source rows
+        cols = off[:, 1, None] + torch.arange(w, device=dev)  # (B, W) source columns
+        x = padded.gather(2, rows[:, None, :, None].expand(b, c, h, padded.shape[-1]))
+        out.append(x.gather(3, cols[:, None, None, :].expand(b, c, h, w)))
+    return out

@@ -15,8 +15,13 @@ def test_atomic_dir_replaces_or_keeps(tmp_path):
     with atomic_dir(dest) as tmp:
         (tmp / "b.txt").write_text("v2")
     assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]  # replaced whole, not merged
-    with pytest.raises(RuntimeError, match="disk full"), atomic_dir(dest) as tmp:
-        (tmp / "c.txt").write_text("partial")
-        raise RuntimeError("disk full")
+
+    def fail_midway():
+        with atomic_dir(dest) as tmp:
+            (tmp / "c.txt").write_text("partial")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        fail_midway()
     assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]  # the old folder survives a failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp or .old folder left

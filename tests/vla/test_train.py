@@ -241,3 +241,32 @@ def test_bad_settings_give_clear_errors(synth, tmp_path):
     assert sched[3] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(sched[3:]))
     assert sched[-1] >= 0.1
+
+
+def test_random_shift_moves_frames_together():
+    from vla.training import random_shift
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    assert random_shift([x], 0)[0] is x
+    a, b = random_shift([x, x.clone()], 4, generator=torch.Generator().manual_seed(1))
+    assert a.shape == x.shape
+    torch.testing.assert_close(a, b)  # a frame and its subgoal get the same shift
+    assert not torch.equal(a, x)
+    # each sample is a window of the replicate-padded frame: find its offset and check it exactly
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")
+    offsets = set()
+    for i in range(6):
+        hits = [
+            (r, c)
+            for r in range(9)
+            for c in range(9)
+            if torch.equal(padded[i, :, r : r + 16, c : c + 16], a[i])
+        ]
+        assert hits, f"sample {i} is not a crop of its padded frame"
+        offsets.add(hits[0])
+    assert len(offsets) > 1  # offsets differ between samples
+    with pytest.raises(ValueError, match="batch"):
+        random_shift([x, x[:2]], 2)
+    with pytest.raises(ValueError, match="image_shift"):
+        TrainConfig(image_shift=-1)

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from vla.configs import CotVlaConfig, PolicyConfig
+from vla.constants import SUBGOAL_IMAGE
 from vla.data import DatasetConfig, compute_norm_stats, make_dataset, to_policy_batch
 from vla.inference import policy_metadata
 from vla.training import (
@@ -41,6 +42,7 @@ from vla.training import (
     infinite,
     load_training_state,
     make_optimizer,
+    random_shift,
     resolve_device,
     save_training_state,
     seed_everything,
@@ -86,6 +88,8 @@ class TrainConfig:
             steps (0 keeps a random tokenizer; only sensible for smoke tests).
         tokenizer_batch_size: tokenizer batch size for that pre-step.
         tokenizer_max_frames: frames kept in memory for that pre-step.
+        image_shift: random-shift augmentation in pixels (DrQ: replicate-pad, random crop back; the same
+            shift for a sample's cameras and its subgoal frame); 0 = off.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: random seed.
     """
@@ -104,12 +108,15 @@ class TrainConfig:
     tokenizer_steps: int = 2000
     tokenizer_batch_size: int = 64
     tokenizer_max_frames: int = 20000
+    image_shift: int = 0
     device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.log_every < 1 or self.save_every < 1:
             raise ValueError("batch_size, log_every and save_every must be >= 1")
+        if self.image_shift < 0:
+            raise ValueError(f"image_shift is a pixel count and must be >= 0, got {self.image_shift}")
 
 
 def _prepare_tokenizer(cfg: TrainConfig) -> TrainConfig:
@@ -213,6 +220,10 @@ def train_loop(
     logs: dict[str, float] = {}
     for step in bar:
         batch = to_policy_batch(next(batches), cfg.policy, device)
+        if cfg.image_shift:
+            keys = [k for k in (*cfg.policy.camera_keys, SUBGOAL_IMAGE) if k in batch]
+            for k, v in zip(keys, random_shift([batch[k] for k in keys], cfg.image_shift), strict=True):
+                batch[k] = v
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, logs = model(batch)
         opt.zero_grad(set_to_none=True)
