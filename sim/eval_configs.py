@@ -37,6 +37,8 @@ class EvalConfig:
         tasks: Task names to evaluate; empty means every task of the suite.
         episodes: Episodes per task (init states ``first_init_state .. first_init_state + episodes - 1``).
         first_init_state: Index of the first init state.
+        init_split: ``eval`` (the fixed bank every reported figure uses) or ``train`` (the bank demos are
+            collected from: a policy's success on scenes it trained on, for diagnosis).
         policy: ``expert``, ``random``, a checkpoint directory or an ``http://`` / ``ws://`` URL.
         num_workers: Ray actors running episodes in parallel; 1 runs in this process without Ray.
         seed: Base seed (random policies and action noise derive theirs from it per episode).
@@ -55,6 +57,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)
     episodes: int = 50
     first_init_state: int = 0
+    init_split: str = "eval"
     policy: str = "expert"
     num_workers: int = 1
     force_ray: bool = False
@@ -73,6 +76,8 @@ class EvalConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.first_init_state < 0:
             raise ValueError(f"first_init_state must be >= 0, got {self.first_init_state}")
+        if self.init_split not in ("eval", "train"):
+            raise ValueError(f"init_split must be 'eval' or 'train', got {self.init_split!r}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1 (1 runs in-process), got {self.num_workers}")
         if self.max_videos_per_task is not None and self.max_videos_per_task < 0:

@@ -223,6 +223,7 @@ class EvalWorker:
         if self._env is not None:
             self._env.close()
         self._env = make_env(self.cfg.suite, task, render=self.cfg.render)
+        self._env.use_init_split(self.cfg.init_split)
         self._task = task
         if self._policy is None or needs_env(self.cfg.policy):
             self._policy = make_policy(self.cfg.policy, self._env, seed=self.cfg.seed)
@@ -522,6 +523,7 @@ def summarize(
         "protocol": {
             "episodes_per_task": cfg.episodes,
             "init_states": [cfg.first_init_state, cfg.first_init_state + cfg.episodes - 1],
+            "init_split": cfg.init_split,
             "max_steps": {n: infos[n]["max_steps"] for n in task_order},
             "task_max_steps": {n: infos[n]["task_max_steps"] for n in task_order},
             "max_steps_override": cfg.max_steps,
