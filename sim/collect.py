@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,7 +335,8 @@ def _collect(col: _Collector, tasks: list[tuple[int, str]]) -> dict[str, Any]:
         logger.info("resuming %s: %d attempts done, %d to go", col.root, len(done), len(jobs))
     bar = tqdm(jobs, desc=f"collect {cfg.suite}", unit="ep", disable=None)
     try:
-        _run_jobs(col, bar)
+        with _graceful_ctrl_c() as stop:
+            _run_jobs(col, bar, stop)
     except KeyboardInterrupt:
         # Ctrl-C between episodes: keep what was recorded. (Inside a save or a commit the files may be
         # half-written: leave them; the next run's `recover` finishes or drops that commit.)
@@ -350,10 +353,37 @@ def _collect(col: _Collector, tasks: list[tuple[int, str]]) -> dict[str, Any]:
     return col.report
 
 
-def _run_jobs(col: _Collector, bar: Any) -> None:
+@contextlib.contextmanager
+def _graceful_ctrl_c() -> Iterator[threading.Event]:
+    """The first Ctrl-C (SIGINT) sets the yielded event: the job loop stops after the current episode.
+
+    The second raises KeyboardInterrupt at once. A flag rather than an exception wherever the signal
+    lands: an exception raised inside a library's save or encode can be lost there.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers belong to the main thread; callers in threads keep the default
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        logger.warning("Ctrl-C: stopping after this episode (Ctrl-C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_jobs(col: _Collector, bar: Any, stop: threading.Event | None = None) -> None:
     cfg = col.cfg
     run = col.report["runs"][-1]
     for ti, name, init_state in bar:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         col.ensure_env(name)
         seed = episode_seed(cfg.seed, ti, init_state)
         ep = run_episode(

@@ -291,3 +291,23 @@ def test_dart_labels_record_the_clean_action(task_env):
     assert np.abs(states(dart) - states(plain)).max() > 1e-4
     with pytest.raises(ValueError, match="action_label"):
         _cfg(Path("/tmp/x"), action_label="noisy")
+
+
+def test_ctrl_c_sets_a_flag_then_interrupts():
+    """First SIGINT: a flag the job loop reads between episodes; second: KeyboardInterrupt; then restored."""
+    from sim.collect import _graceful_ctrl_c
+
+    before = signal.getsignal(signal.SIGINT)
+    with _graceful_ctrl_c() as stop:
+        assert not stop.is_set()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs at the next bytecode boundary
+        assert stop.is_set()
+
+        def second_ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+        with pytest.raises(KeyboardInterrupt):
+            second_ctrl_c()
+    assert signal.getsignal(signal.SIGINT) is before
