@@ -26,9 +26,25 @@ TASK = "put_red_cube_in_bin"
 HEADS = ("discrete", "continuous")
 
 
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+def _run_per_head(args: list[str], out_dir: Path, stage: str) -> None:
+    """Run ``python <args> <head-specific args>`` for both heads at once (one core each), then wait."""
+    procs = []
+    for h in HEADS:
+        extra = (
+            [f"--output_dir={out_dir / h}", f"--policy.action_head={h}"]
+            if stage == "train"
+            else [
+                f"--policy={out_dir / h / 'checkpoints/last/pretrained_model'}",
+                f"--out_dir={out_dir / f'eval_{h}'}",
+            ]
+        )
+        log = (out_dir / f"{stage}_{h}.log").open("w")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs.append(
+            subprocess.Popen([sys.executable, *args, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
+        )
+    if any(p.wait() for p in procs):
+        raise RuntimeError(f"a {stage} run failed: see {out_dir}/{stage}_<head>.log")
 
 
 def main() -> None:
@@ -39,30 +55,18 @@ def main() -> None:
     ap.add_argument("--skip_train", action="store_true", help="reuse <out_dir>/<head> runs")
     ap.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
     args = ap.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     if not args.skip_train:
-        procs = [
-            _spawn(
-                [sys.executable, "-m", "vla.scripts.train", f"--config_path={CONFIG}",
-                 f"--dataset.windows={args.windows}", f"--output_dir={args.out_dir / h}",
-                 f"--policy.action_head={h}"],
-                args.out_dir / f"{h}.log",
-            )
-            for h in HEADS
-        ]  # fmt: skip
-        if any(p.wait() for p in procs):
-            raise RuntimeError(f"a training run failed: see {args.out_dir}/<head>.log")
-    procs = [
-        _spawn(
-            [sys.executable, "-m", "sim.run_eval", "--suite=embedded_goal", f"--tasks=[{TASK}]",
-             f"--episodes={args.episodes}",
-             f"--policy={args.out_dir / h / 'checkpoints/last/pretrained_model'}",
-             f"--out_dir={args.out_dir / f'eval_{h}'}"],
-            args.out_dir / f"eval_{h}.log",
-        )
-        for h in HEADS
-    ]  # fmt: skip
-    if any(p.wait() for p in procs):
-        raise RuntimeError(f"an evaluation failed: see {args.out_dir}/eval_<head>.log")
+        train = ["-m", "vla.scripts.train", f"--config_path={CONFIG}", f"--dataset.windows={args.windows}"]
+        _run_per_head(train, args.out_dir, "train")
+    evaluate = [
+        "-m",
+        "sim.run_eval",
+        "--suite=embedded_goal",
+        f"--tasks=[{TASK}]",
+        f"--episodes={args.episodes}",
+    ]
+    _run_per_head(evaluate, args.out_dir, "eval")
     rows, headline = [], {}
     for h in HEADS:
         res = json.loads((args.out_dir / f"eval_{h}" / "results.json").read_text())
