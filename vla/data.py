@@ -223,6 +223,56 @@ class PreloadedWindows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ep_index)
 
+    def to(self, device: torch.device | str) -> PreloadedWindows:
+        """Move frames (kept uint8), actions, states and episode bounds to ``device``; returns ``self``.
+
+        With everything on the GPU, :meth:`batches` gathers a whole batch with a few indexing kernels:
+        no DataLoader workers, no host-to-device copies (49k frames of two 64 px cameras are 1.2 GB).
+        """
+        self.frames = {k: v.to(device) for k, v in self.frames.items()}
+        self.actions, self.states = self.actions.to(device), self.states.to(device)
+        self._bounds = (
+            torch.as_tensor(self.ep_start, device=device),
+            torch.as_tensor(self.ep_end, device=device),
+        )
+        return self
+
+    def collate(self, idx: Tensor) -> dict[str, Any]:
+        """The batch of samples ``idx``, equal to the default collation of ``[self[i] for i in idx]``."""
+        cfg = self.policy
+        dev = self.actions.device
+        ends = self._bounds[1] if hasattr(self, "_bounds") else torch.as_tensor(self.ep_end)
+        idx = idx.to(dev)
+        e = ends.to(dev)[idx]
+        steps = idx[:, None] + torch.arange(cfg.chunk_size, device=dev)
+        batch: dict[str, Any] = {
+            OBS_STATE: self.states[idx],
+            ACTION: self.actions[torch.minimum(steps, e[:, None] - 1)],
+            ACTION_IS_PAD: steps >= e[:, None],
+            TASK: [self.tasks[i] for i in idx.tolist()],
+        }
+        for key, frames in self.frames.items():
+            batch[key] = frames[idx].float() / 255
+        if cfg.use_cot:
+            j = torch.minimum(idx + cfg.subgoal_offset, e - 1)
+            agent = self.frames[OBS_AGENTVIEW]
+            batch[OBS_AGENTVIEW] = torch.stack([agent[idx], agent[j]], dim=1).float() / 255
+        return batch
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Any:
+        """Shuffled batches forever, gathered where the data lives (see :meth:`to`).
+
+        A new permutation each epoch and the last partial batch dropped, like a shuffling DataLoader
+        with ``drop_last``.
+        """
+        n = len(self)
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} exceeds the dataset's {n} samples")
+        while True:
+            perm = torch.randperm(n, generator=generator)
+            for k in range(n // batch_size):
+                yield self.collate(perm[k * batch_size : (k + 1) * batch_size])
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         cfg = self.policy
         s, e = int(self.ep_start[i]), int(self.ep_end[i])

@@ -71,6 +71,32 @@ def test_preloaded_windows_equal_lerobot_items(synth):
     assert sub[0]["task"] == "move the square down"
 
 
+def test_device_batches_equal_collated_items(synth):
+    """The gathered batch path (data_on_device) gives exactly the DataLoader's collated windows."""
+    cfg = CotVlaConfig.tiny()
+    pre = make_dataset(DatasetConfig(repo_id="local/synthetic", root=str(synth), preload=True), cfg)
+    idx = torch.tensor([0, 14, 15, 16, 31, 5])  # starts, padded ends, clamped subgoals, both episodes
+    got = pre.collate(idx)
+    want = torch.utils.data.default_collate([pre[int(i)] for i in idx])
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if key == "task":
+            assert got[key] == value
+        else:
+            assert got[key].dtype == value.dtype, key
+            torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    pre.to("cpu")  # the moved copy gathers the same
+    torch.testing.assert_close(pre.collate(idx)[ACTION], want[ACTION])
+    seen = []
+    gen = pre.batches(8, torch.Generator().manual_seed(0))
+    for _ in range(4):  # one epoch: every sample once, then a new permutation
+        seen += next(gen)["observation.state"][:, 0].tolist()
+    assert len(seen) == 32
+    assert sorted(seen) == sorted(pre.states[:, 0].tolist())
+    with pytest.raises(ValueError, match="batch_size"):
+        next(pre.batches(33))
+
+
 def test_tokenizer_training_improves_psnr(synth, tmp_path):
     torch.manual_seed(0)
     cfg = TokenizerTrainConfig(
