@@ -74,6 +74,10 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--tokenizer_steps={args.tokenizer_steps}")
     if args.num_workers is not None:
         overrides.append(f"--num_workers={args.num_workers}")
+    if args.image_shift is not None:
+        overrides.append(f"--image_shift={args.image_shift}")
+    if args.lr:
+        overrides.append(f"--optim.lr={args.lr}")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
@@ -84,6 +88,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         "device": device_name(),
         "steps": cfg.optim.steps,
         "batch_size": cfg.batch_size,
+        "lr": cfg.optim.lr,
+        "image_shift": cfg.image_shift,
         "train_config": args.train_config,
         "data": args.windows or args.dataset_root,
         "final": {k: v for k, v in summary.items() if k != "train_minutes"},
@@ -176,6 +182,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="override optim.steps (0 keeps the config's)")
     ap.add_argument("--batch_size", type=int, default=0, help="override batch_size (0 keeps the config's)")
     ap.add_argument("--tokenizer_steps", type=int, default=None)
+    ap.add_argument("--image_shift", type=int, default=None, help="override image_shift (pixels)")
+    ap.add_argument("--lr", type=float, default=0.0, help="override optim.lr (0 keeps the config's)")
     ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--suite", default="embedded_goal")

@@ -1,67 +1,89 @@
 #!/usr/bin/env bash
-# Train the CoT policy and the no-CoT ablation side by side on a lent multi-GPU machine (one GPU each),
-# from a windows folder (vla-export-windows) and instruction features (VLA_TEXT_CACHE); no LeRobot there.
+# Train the CoT policy, the no-CoT ablation and lerobot's ACT on a lent GPU machine, then evaluate all
+# three with run_eval; any number of GPUs (variant i trains on GPU i mod n). No LeRobot dataset there: the
+# demos travel as a windows folder (vla-export-windows) and instructions as features (VLA_TEXT_CACHE).
+# /tmp and uncarried folders survive only while the machine is warm (30 s after a call): chain the calls.
 #
-#   call 1, carry data/windows data/carry_whl (draccus and its pure-python needs, as wheels):
-#     bash bench/policy_embedded_device.sh train [extra bench.policy_embedded args]
-#   call 2 (within 30 s: /tmp and the uncarried data/windows survive only while the machine is warm),
-#   carry .devbundle .whl/act (lerobot's wheels, 40 MiB: they and the windows folder don't fit one call):
-#     bash bench/policy_embedded_device.sh eval_and_act     # eval cot + no_cot, train ACT meanwhile
-#   call 3, same carry:  bash bench/policy_embedded_device.sh eval   # whatever is still missing, and ACT
+#   call 1, carry .whl/act data/carry_whl data/windows/dart_red_bin data/windows/text_cache_24.safetensors:
+#     WINDOWS=data/windows/dart_red_bin BATCH=256 bash bench/policy_embedded_device.sh setup
+#       (installs lerobot's and draccus' wheels into /tmp/site, then a short concurrent probe of the three
+#        trainings that prints each one's step rate, to size the real run)
+#   call 2, carry data/windows/<demos> data/windows/text_cache_24.safetensors:
+#     WINDOWS=data/windows/<demos> bash bench/policy_embedded_device.sh train --steps=N --batch_size=B ...
+#       (ACT gets the same steps and batch: ACT_STEPS / ACT_BATCH override)
+#   call 3 (and 4), carry .devbundle:  bash bench/policy_embedded_device.sh eval
+#       (every variant whose checkpoint exists; completed shards are skipped, so call 4 resumes call 3)
 #
 # Run folders land in $PE_OUT (default /tmp/pe); logs, metrics, bench_train.json and the merged eval
 # results come back through $OUT. Checkpoints stay there (73 MB CoT, 206 MB ACT: over $OUT's 16 MiB).
 set -uo pipefail
-stage=${1:?usage: policy_embedded_device.sh train [args]}
+stage=${1:?usage: policy_embedded_device.sh setup|train|eval [args]}
 shift
 PE_OUT=${PE_OUT:-/tmp/pe}
 OUT=${OUT:-/tmp/out}
+WINDOWS=${WINDOWS:-data/windows/embedded_goal}
 mkdir -p "$PE_OUT" "$OUT"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+[ "$stage" = eval ] || export VLA_TEXT_CACHE=$PWD/data/windows/text_cache_24.safetensors
 nvidia-smi -L
+ngpu=$(nvidia-smi -L | wc -l)
 ckpt() { if [ "$1" = lerobot_act ]; then echo "$PE_OUT/lerobot_act/checkpoint"; else echo "$PE_OUT/$1/checkpoints/last/pretrained_model"; fi; }
+install_wheels() {  # lerobot + av (ACT) and draccus' pure-python needs, once per warm machine
+  [ -d /tmp/site/lerobot ] && [ -d /tmp/site/draccus ] && return 0
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$@" || return 1
+}
+train_all() {  # $1 = run folder; the rest go to bench.policy_embedded train (steps, batch, ...)
+  local dir=$1 i=0 v
+  shift
+  for v in cot no_cot; do
+    CUDA_VISIBLE_DEVICES=$((i % ngpu)) timeout "${TRAIN_TIMEOUT:-560}" python3 -m bench.policy_embedded train \
+      --variant=$v --windows="$WINDOWS" --out_dir="$dir" "$@" >"$OUT/train_$v.log" 2>&1 &
+    i=$((i + 1))
+  done
+  if [ -d /tmp/site/lerobot ] && [ "${TRAIN_ACT:-1}" = 1 ]; then
+    CUDA_VISIBLE_DEVICES=$((i % ngpu)) timeout "${TRAIN_TIMEOUT:-560}" python3 -m vla.scripts.train_act \
+      --config_path=configs/train/act_embedded_goal.yaml --windows="$WINDOWS" --output_dir="$dir/lerobot_act" \
+      --device=cuda --steps="${ACT_STEPS:-$STEPS}" --batch_size="${ACT_BATCH:-$BATCH}" >"$OUT/train_act.log" 2>&1 &
+  fi
+  wait
+  for v in cot no_cot lerobot_act; do
+    cp "$dir/$v/bench_train.json" "$OUT/bench_train_$v.json" 2>/dev/null
+    cp "$dir/$v/metrics.jsonl" "$OUT/metrics_$v.jsonl" 2>/dev/null
+    log=$OUT/train_$v.log; [ $v = lerobot_act ] && log=$OUT/train_act.log
+    echo "== $v"; tr '\r' '\n' <"$log" | grep -v "it/s\]$" | tail -n 6
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('$v', d['steps'], 'steps in', d['loop_minutes'], 'min:', round(d['steps'] / max(d['loop_minutes'], 1e-6) / 60, 2), 'steps/s')" "$dir/$v/bench_train.json" 2>/dev/null
+  done
+  cp "$dir/cot/tokenizer/report.json" "$OUT/tokenizer_report.json" 2>/dev/null
+}
 run_eval_shards() {  # every variant whose checkpoint exists; completed shards are skipped
   local args=() v
   for v in cot no_cot lerobot_act; do [ -d "$(ckpt $v)" ] && args+=(--policy "$v=$(ckpt $v)"); done
-  python3 scripts/device/eval_shards.py "${args[@]}" --episodes 50 --parts 5 --jobs "$(($(nproc) - 1))" \
+  local jobs=${#args[@]}
+  jobs=$((jobs / 2))
+  local envs=$(( ($(nproc) - jobs) / jobs ))
+  python3 scripts/device/eval_shards.py "${args[@]}" --episodes 50 --parts 1 --jobs "$jobs" --vector_envs "$envs" \
     --policy_device cuda --text_cache .devbundle/textcache --time_limit_s "${EVAL_LIMIT:-500}" \
     --out_dir /tmp/evals --export_dir "$OUT" -- --video=false 2>&1 | tail -n 30
 }
 case $stage in
-  train)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      data/carry_whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD VLA_TEXT_CACHE=$PWD/data/windows/text_cache_24.safetensors
-    gpu=0
-    for v in cot no_cot; do
-      CUDA_VISIBLE_DEVICES=$gpu timeout "${TRAIN_TIMEOUT:-560}" python3 -m bench.policy_embedded train \
-        --variant=$v --windows=data/windows/embedded_goal --out_dir="$PE_OUT" "$@" >"$OUT/train_$v.log" 2>&1 &
-      gpu=$((gpu + 1))
-    done
-    wait
-    for v in cot no_cot; do
-      cp "$PE_OUT/$v/bench_train.json" "$OUT/bench_train_$v.json" 2>/dev/null
-      cp "$PE_OUT/$v/metrics.jsonl" "$OUT/metrics_$v.jsonl" 2>/dev/null
-      tr '\r' '\n' <"$OUT/train_$v.log" | grep -v "it/s\]$" | tail -n 15
-    done
-    cp "$PE_OUT/cot/tokenizer/report.json" "$OUT/tokenizer_report.json" 2>/dev/null
-    ls -la "$PE_OUT"/*/checkpoints/ 2>/dev/null
+  setup)
+    install_wheels .whl/act/*.whl data/carry_whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD STEPS=${PROBE_STEPS:-150} BATCH=${BATCH:-256}
+    train_all /tmp/probe --steps="$STEPS" --batch_size="$BATCH" --tokenizer_steps=50
+    rm -rf /tmp/probe
     ;;
-  eval_and_act | eval)
+  train)
+    install_wheels data/carry_whl/*.whl .whl/act/*.whl 2>/dev/null || install_wheels data/carry_whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+    export STEPS=$(printf '%s\n' "$@" | sed -n 's/^--steps=//p') BATCH=$(printf '%s\n' "$@" | sed -n 's/^--batch_size=//p')
+    train_all "$PE_OUT" "$@"
+    ls -la "$PE_OUT"/*/checkpoints/ "$PE_OUT"/lerobot_act 2>/dev/null | head -30
+    ;;
+  eval)
     source scripts/device/setup_env.sh || exit 1
-    if [ "$stage" = eval_and_act ]; then
-      (python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/act/*.whl && CUDA_VISIBLE_DEVICES=$(($(nvidia-smi -L | wc -l) - 1)) PYTHONPATH=/tmp/site:$PYTHONPATH \
-        timeout "${TRAIN_TIMEOUT:-520}" python3 -m vla.scripts.train_act --config_path=configs/train/act_embedded_goal.yaml \
-        --windows=data/windows/embedded_goal --output_dir="$PE_OUT/lerobot_act" --device=cuda >"$OUT/train_act.log" 2>&1
-      cp "$PE_OUT/lerobot_act/bench_train.json" "$OUT/bench_train_lerobot_act.json") &
-    else  # ACT's eval needs lerobot: the wheels again, in case this is a fresh machine
-      [ -d /tmp/site/lerobot ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --upgrade --target /tmp/site .whl/act/*.whl
-      export PYTHONPATH=/tmp/site:$PYTHONPATH
-    fi
+    export PYTHONPATH=/tmp/site:$PYTHONPATH
     run_eval_shards
-    wait
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
