@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sim.configs import RenderConfig
+from sim.policies import needs_env
 
 
 def _check_common(
@@ -49,6 +50,11 @@ class EvalConfig:
         max_videos_per_task: Cap on videos per task (the first init states); unset writes all.
         out_dir: Where ``results.json`` and the resolved ``config.yaml`` go.
         force_ray: Use Ray actors even for one worker (timing comparisons against more workers).
+        vector_envs: Env subprocesses stepped in parallel around one policy in this process, which
+            answers all of them in one batched call (``infer_batch``) at each replanning point
+            (`sim.vector_eval`; one GPU, many cores). 1 runs without env subprocesses. Above 1 it needs
+            a policy with ``infer_batch`` (a checkpoint directory) and excludes ``num_workers > 1`` and
+            ``force_ray``. Recorded in the results protocol.
         render: Camera size and renderer settings of the env
             (`sim.configs.RenderConfig`).
     """
@@ -61,6 +67,7 @@ class EvalConfig:
     policy: str = "expert"
     num_workers: int = 1
     force_ray: bool = False
+    vector_envs: int = 1
     seed: int = 0
     replan_every: int | None = None
     max_steps: int | None = None
@@ -80,6 +87,23 @@ class EvalConfig:
             raise ValueError(f"init_split must be 'eval' or 'train', got {self.init_split!r}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1 (1 runs in-process), got {self.num_workers}")
+        if self.vector_envs < 1:
+            raise ValueError(
+                f"vector_envs must be >= 1 (1 runs without env subprocesses), got {self.vector_envs}"
+            )
+        if self.vector_envs > 1 and (self.num_workers > 1 or self.force_ray):
+            raise ValueError(
+                f"vector_envs={self.vector_envs} runs env subprocesses around one policy in this process "
+                f"and cannot be combined with Ray workers (num_workers={self.num_workers}, "
+                f"force_ray={self.force_ray}): set --num_workers=1 --force_ray=false, or --vector_envs=1 "
+                "to run episodes on Ray actors"
+            )
+        if self.vector_envs > 1 and needs_env(self.policy):
+            raise ValueError(
+                f"vector_envs={self.vector_envs} cannot run policy {self.policy!r}: it is built per env (it "
+                "reads the env's privileged state), so one batched policy cannot serve env subprocesses; "
+                "use --vector_envs=1 (with --num_workers=N for parallel episodes)"
+            )
         if self.max_videos_per_task is not None and self.max_videos_per_task < 0:
             raise ValueError(f"max_videos_per_task must be >= 0 or unset, got {self.max_videos_per_task}")
         if not self.out_dir:

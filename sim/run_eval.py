@@ -1,17 +1,20 @@
-"""Rollout evaluation: N episodes per task from fixed init states, in-process or on Ray actors.
+"""Rollout evaluation: N episodes per task from fixed init states, in-process, on Ray actors or batched.
 
 Episode i of a task starts from the task's init state ``first_init_state + i`` (the env's reset restores it
 and runs the task's wait steps), then the policy acts until success or the step limit. Results go to
 ``<out_dir>/results.json`` (written atomically): per-task success rate, episode count and Wilson 95%
 interval, mean success, per-episode records, the policy id, the seed, the protocol (step limits, wait
 steps, replanning, render settings) and package versions. Optional mp4 videos show agentview beside wrist,
-and the policy's predicted subgoal image when it returns one.
+and the policy's predicted subgoal image when it returns one. ``--vector_envs=N`` keeps one policy in this
+process and steps N envs in subprocesses, querying the policy once per replanning point for all of them
+(`sim.vector_eval`: one GPU, many cores).
 
 Examples:
     python -m sim.run_eval --suite=embedded_goal --policy=expert --episodes=5
     vla-sim-eval --suite=robosuite_stock --tasks='[lift]' --policy=random --episodes=10 --num_workers=2
     vla-sim-eval --config_path=configs/sim/eval_embedded_expert.yaml --video=true
     vla-sim-eval --suite=embedded_goal --policy=http://127.0.0.1:8000 --episodes=50
+    VLA_POLICY_DEVICE=cuda vla-sim-eval --suite=embedded_goal --policy=/tmp/ckpt --vector_envs=8
 """
 
 import dataclasses
@@ -174,6 +177,12 @@ def video_frame(obs: dict[str, Any], subgoal: np.ndarray | None) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def video_path(cfg: EvalConfig, task: str, init_state: int, success: bool) -> Path:
+    """Where an episode's mp4 goes: ``<video_dir or out_dir/videos>/<task>/init{NNN}_{success|fail}.mp4``."""
+    root = Path(cfg.video_dir or Path(cfg.out_dir) / "videos")
+    return root / task / f"init{init_state:03d}_{'success' if success else 'fail'}.mp4"
+
+
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     """Write an mp4 atomically (temp file in the same folder, then rename)."""
     import imageio.v2 as imageio
@@ -267,8 +276,7 @@ class EvalWorker:
         }
         if job.video:
             frames = [video_frame(o, s) for (o, _a), s in zip(ep.frames, ep.subgoals, strict=True)]
-            path = Path(self.cfg.video_dir or Path(self.cfg.out_dir) / "videos")
-            path = path / job.task / f"init{job.init_state:03d}_{'success' if ep.success else 'fail'}.mp4"
+            path = video_path(self.cfg, job.task, job.init_state, ep.success)
             write_video(path, frames, fps=control_fps(self._env))
             rec["video"] = str(path)
         return rec, self.info(job.task)
@@ -400,13 +408,25 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict[str, Any]:
     """Run the evaluation of ``cfg`` and write ``<out_dir>/results.json``; return the results dict.
 
     Raises:
-        ValueError: Unknown suite, task or policy spec (before anything is built).
+        ValueError: Unknown suite, task or policy spec (before anything is built), or with
+            ``vector_envs > 1`` a policy without ``infer_batch`` (before any env process starts).
+        RuntimeError: With ``vector_envs > 1``, an env process that failed or died (naming its episode).
     """
     t0 = time.perf_counter()
     validate_spec(cfg.policy)
     tasks = resolve_tasks(cfg.suite, cfg.tasks)
     if is_url(cfg.policy):
         cfg = adopt_server_contract(cfg)
+    batch_policy = None
+    if cfg.vector_envs > 1:
+        from sim.vector_eval import check_batch_policy
+
+        batch_policy = make_policy(cfg.policy, None, seed=cfg.seed)
+        try:
+            check_batch_policy(cfg.policy, batch_policy)
+        except ValueError:
+            _close_policy(batch_policy)
+            raise
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config_atomic(cfg, out_dir / "config.yaml")
@@ -416,7 +436,14 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict[str, Any]:
         for ti, name in tasks
         for i in range(cfg.episodes)
     ]
-    if cfg.num_workers > 1 or cfg.force_ray:
+    if batch_policy is not None:
+        from sim.vector_eval import run_jobs_vector
+
+        try:
+            records, infos = run_jobs_vector(cfg, jobs, batch_policy)
+        finally:
+            _close_policy(batch_policy)
+    elif cfg.num_workers > 1 or cfg.force_ray:
         records, infos = _run_jobs_ray(cfg, jobs)
     else:
         records, infos = _run_jobs_local(cfg, jobs)
@@ -425,6 +452,13 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict[str, Any]:
     write_json_atomic(out_dir / "results.json", results)
     logger.info("wrote %s", out_dir / "results.json")
     return results
+
+
+def _close_policy(policy: Any) -> None:
+    """Close a policy that holds a connection (a server client); others have nothing to close."""
+    close = getattr(policy, "close", None)
+    if callable(close):
+        close()
 
 
 def adopt_server_contract(cfg: EvalConfig) -> EvalConfig:
@@ -529,6 +563,7 @@ def summarize(
             "max_steps_override": cfg.max_steps,
             "wait_steps": {n: infos[n]["wait_steps"] for n in task_order},
             "replan_every": first["replan_every"],
+            "vector_envs": cfg.vector_envs,
             "control_fps": first["control_fps"],
             "render": _jsonable(asdict(cfg.render)),
         },

@@ -14,7 +14,16 @@ Examples (on the device, after ``source scripts/device/setup_env.sh``; one comma
     python3 scripts/device/eval_shards.py --policy expert=expert --tasks put_red_cube_on_plate
         --episodes 50 --parts 5 -- --render.image_size=128
     python3 scripts/device/eval_shards.py --policy expert=expert --merge_only --out_dir /tmp/evals
+    python3 scripts/device/eval_shards.py --policy ckpt=/tmp/ckpt --episodes 50 --parts 1 --jobs 2
+        --vector_envs 7 --policy_device cuda --out_dir /tmp/evals
 Arguments after ``--`` go to every run_eval process unchanged.
+
+``--vector_envs N`` (N > 1) runs each shard as ``run_eval --vector_envs=N`` (`sim.vector_eval`): one
+process holds the policy and answers N env subprocesses in one batched call per replanning point, instead
+of every shard holding its own copy of the policy (and, on a GPU, its own CUDA context time-sliced with
+the others). On a 16-core single-GPU box, ``--parts 1 --jobs 2 --vector_envs 7`` keeps 14 envs stepping
+and two policy processes on the GPU. It needs checkpoint policies (``infer_batch``): not ``expert`` or
+``random``. Shard folders, the completeness check and the merge are the same in both modes.
 """
 
 from __future__ import annotations
@@ -107,8 +116,8 @@ def make_shards(
     ]
 
 
-def shard_command(s: Shard, suite: str, seed: int, extra: list[str]) -> list[str]:
-    """The run_eval command line of one shard."""
+def shard_command(s: Shard, suite: str, seed: int, extra: list[str], vector_envs: int = 1) -> list[str]:
+    """The run_eval command line of one shard (``--vector_envs=N`` when ``vector_envs > 1``)."""
     return [
         sys.executable,
         "-m",
@@ -121,6 +130,7 @@ def shard_command(s: Shard, suite: str, seed: int, extra: list[str]) -> list[str
         "--num_workers=1",
         f"--seed={seed}",
         f"--out_dir={s.out_dir}",
+        *([f"--vector_envs={vector_envs}"] if vector_envs > 1 else []),
         *extra,
     ]
 
@@ -233,6 +243,7 @@ def merge_variant(
     first_doc = docs[0][1]
     p0 = first_doc["protocol"]
     ours = [s for s in shards if s.variant == variant]
+    vector_envs = max(int(d["protocol"].get("vector_envs", 1)) for _, d in docs)  # absent before it existed
     cfg = EvalConfig(
         suite=suite,
         tasks=order,
@@ -241,6 +252,7 @@ def merge_variant(
         policy=policy,
         seed=first_doc["seed"],
         max_steps=p0["max_steps_override"],
+        vector_envs=vector_envs,
         render=RenderConfig(**p0["render"]),
     )
     wall = sum(d["wall_time_s"] for _, d in docs)
@@ -295,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first_init_state", type=int, default=0)
     ap.add_argument("--parts", type=int, default=1, help="shards per task (splits its init states)")
     ap.add_argument("--jobs", type=int, default=15, help="processes at a time")
+    ap.add_argument(
+        "--vector_envs",
+        type=int,
+        default=1,
+        help="env subprocesses per shard around one batched policy (run_eval --vector_envs); 1: none",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out_dir", type=Path, default=Path("outputs/eval_shards"))
     ap.add_argument(
@@ -315,9 +333,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
+    from sim.policies import needs_env
     from sim.run_eval import resolve_tasks, write_json_atomic
 
     policies = parse_policies(args.policy)
+    if args.vector_envs < 1:
+        raise SystemExit(
+            f"--vector_envs must be >= 1 (1 runs each shard without env subprocesses), got {args.vector_envs}"
+        )
+    unbatched = [f"{n}={s}" for n, s in policies.items() if needs_env(s) or s.split(":")[0] == "random"]
+    if args.vector_envs > 1 and unbatched and not args.merge_only:
+        raise SystemExit(
+            f"--vector_envs {args.vector_envs} needs policies with infer_batch (checkpoint directories); "
+            f"{unbatched} have none: drop --vector_envs or evaluate them in a separate call"
+        )
     tasks = [name for _, name in resolve_tasks(args.suite, args.tasks)]
     if args.text_cache is not None and not args.text_cache.exists():
         raise SystemExit(f"--text_cache {args.text_cache} does not exist (scripts/device/make_text_cache.py)")
@@ -334,9 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     wall = 0.0
     if not args.merge_only and todo:
         env = shard_env(args.policy_device, args.text_cache)
-        wall = run_shards(shards, args.jobs, (args.suite, args.seed, extra), env, args.time_limit_s)
+        cmd_args = (args.suite, args.seed, extra, args.vector_envs)
+        wall = run_shards(shards, args.jobs, cmd_args, env, args.time_limit_s)
 
-    summary: dict[str, Any] = {"wall_s": round(wall, 2), "jobs": args.jobs, "variants": {}, "failed": []}
+    summary: dict[str, Any] = {
+        "wall_s": round(wall, 2),
+        "jobs": args.jobs,
+        "vector_envs": args.vector_envs,
+        "variants": {},
+        "failed": [],
+    }
     new = [s for s in shards if s.status == "done"]
     if new and wall > 0:
         docs = [json.loads(s.results.read_text()) for s in new]
