@@ -74,6 +74,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--tokenizer_steps={args.tokenizer_steps}")
     if args.num_workers is not None:
         overrides.append(f"--num_workers={args.num_workers}")
+    if args.tokenizer_path:
+        overrides.append(f"--policy.tokenizer_path={args.tokenizer_path}")
     if args.image_shift is not None:
         overrides.append(f"--image_shift={args.image_shift}")
     if args.lr:
@@ -90,6 +92,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         "batch_size": cfg.batch_size,
         "lr": cfg.optim.lr,
         "image_shift": cfg.image_shift,
+        "tokenizer_path": args.tokenizer_path,
         "train_config": args.train_config,
         "data": args.windows or args.dataset_root,
         "final": {k: v for k, v in summary.items() if k != "train_minutes"},
@@ -182,6 +185,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="override optim.steps (0 keeps the config's)")
     ap.add_argument("--batch_size", type=int, default=0, help="override batch_size (0 keeps the config's)")
     ap.add_argument("--tokenizer_steps", type=int, default=None)
+    ap.add_argument("--tokenizer_path", default=None, help="trained tokenizer folder (cot)")
     ap.add_argument("--image_shift", type=int, default=None, help="override image_shift (pixels)")
     ap.add_argument("--lr", type=float, default=0.0, help="override optim.lr (0 keeps the config's)")
     ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")

@@ -4,13 +4,16 @@
 # demos travel as a windows folder (vla-export-windows) and instructions as features (VLA_TEXT_CACHE).
 # /tmp and uncarried folders survive only while the machine is warm (30 s after a call): chain the calls.
 #
-#   call 1, carry .whl/act data/carry_whl data/windows/dart_red_bin data/windows/text_cache_24.safetensors:
-#     WINDOWS=data/windows/dart_red_bin BATCH=256 bash bench/policy_embedded_device.sh setup
-#       (installs lerobot's and draccus' wheels into /tmp/site, then a short concurrent probe of the three
-#        trainings that prints each one's step rate, to size the real run)
-#   call 2, carry data/windows/<demos> data/windows/text_cache_24.safetensors:
-#     WINDOWS=data/windows/<demos> bash bench/policy_embedded_device.sh train --steps=N --batch_size=B ...
-#       (ACT gets the same steps and batch: ACT_STEPS / ACT_BATCH override)
+#   call 1, carry data/windows/<demos> data/windows/text_cache_24.safetensors data/carry_whl:
+#     WINDOWS=data/windows/<demos> BATCH=256 bash bench/policy_embedded_device.sh setup
+#       (draccus' wheels into /tmp/site; trains the subgoal tokenizer (TOK_STEPS, default 1500) into
+#        /tmp/probe/cot/tokenizer and meanwhile probes the step rates of the CoT and no-CoT trainings, to
+#        size the real run; the windows folder stays on the warm machine for the next call)
+#   call 2, carry .whl/act (lerobot + av for ACT; 42 MB, so not in the same call as the demos):
+#     WINDOWS=data/windows/<demos> TOKENIZER=/tmp/probe/cot/tokenizer/tokenizer \
+#       bash bench/policy_embedded_device.sh train --steps=N --batch_size=B ...
+#       (CoT with call 1's tokenizer, no-CoT and ACT side by side; ACT gets the same steps and batch:
+#        ACT_STEPS / ACT_BATCH override)
 #   call 3 (and 4), carry .devbundle:  bash bench/policy_embedded_device.sh eval
 #       (every variant whose checkpoint exists; completed shards are skipped, so call 4 resumes call 3)
 #
@@ -37,8 +40,10 @@ train_all() {  # $1 = run folder; the rest go to bench.policy_embedded train (st
   local dir=$1 i=0 v
   shift
   for v in cot no_cot; do
+    local tok=()
+    [ $v = cot ] && [ -n "${TOKENIZER:-}" ] && tok=(--tokenizer_path="$TOKENIZER")
     CUDA_VISIBLE_DEVICES=$((i % ngpu)) timeout "${TRAIN_TIMEOUT:-560}" python3 -m bench.policy_embedded train \
-      --variant=$v --windows="$WINDOWS" --out_dir="$dir" "$@" >"$OUT/train_$v.log" 2>&1 &
+      --variant=$v --windows="$WINDOWS" --out_dir="$dir" "${tok[@]}" "$@" >"$OUT/train_$v.log" 2>&1 &
     i=$((i + 1))
   done
   if [ -d /tmp/site/lerobot ] && [ "${TRAIN_ACT:-1}" = 1 ]; then
@@ -68,13 +73,14 @@ run_eval_shards() {  # every variant whose checkpoint exists; completed shards a
 }
 case $stage in
   setup)
-    install_wheels .whl/act/*.whl data/carry_whl/*.whl || exit 1
+    install_wheels data/carry_whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD STEPS=${PROBE_STEPS:-150} BATCH=${BATCH:-256}
-    train_all /tmp/probe --steps="$STEPS" --batch_size="$BATCH" --tokenizer_steps=50
-    rm -rf /tmp/probe
+    TRAIN_ACT=0 train_all /tmp/probe --steps="$STEPS" --batch_size="$BATCH" --tokenizer_steps="${TOK_STEPS:-1500}"
+    ls /tmp/probe/cot/tokenizer/tokenizer
     ;;
   train)
-    install_wheels data/carry_whl/*.whl .whl/act/*.whl 2>/dev/null || install_wheels data/carry_whl/*.whl || exit 1
+    [ -d /tmp/site/lerobot ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target /tmp/site .whl/act/*.whl data/carry_whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD
     export STEPS=$(printf '%s\n' "$@" | sed -n 's/^--steps=//p') BATCH=$(printf '%s\n' "$@" | sed -n 's/^--batch_size=//p')
     train_all "$PE_OUT" "$@"
