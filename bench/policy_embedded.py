@@ -137,7 +137,8 @@ def report(args: argparse.Namespace) -> Path:
         train = json.loads(train_path.read_text()) if train_path.is_file() else {}
         if train:
             key = "train_minutes" if variant == "cot" else f"train_minutes_{variant}"
-            headline[key] = train["minutes"]
+            # a tokenizer trained in an earlier call (--tokenizer_path) counts towards CoT's budget
+            headline[key] = round(train["minutes"] + train.get("tokenizer_minutes", 0.0), 2)
             train_device = train_device or train.get("device")
         config["variants"][variant] = {
             "train": train,
