@@ -80,7 +80,7 @@ case $stage in
     ;;
   train)
     [ -d /tmp/site/lerobot ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target /tmp/site .whl/act/*.whl data/carry_whl/*.whl || exit 1
+      --upgrade --target /tmp/site .whl/act/*.whl || exit 1  # it holds draccus and its needs too
     export PYTHONPATH=/tmp/site:$PWD
     export STEPS=$(printf '%s\n' "$@" | sed -n 's/^--steps=//p') BATCH=$(printf '%s\n' "$@" | sed -n 's/^--batch_size=//p')
     train_all "$PE_OUT" "$@"
