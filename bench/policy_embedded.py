@@ -80,6 +80,10 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--image_shift={args.image_shift}")
     if args.lr:
         overrides.append(f"--optim.lr={args.lr}")
+    if args.max_minutes:
+        overrides.append(f"--max_minutes={args.max_minutes}")
+    if args.resume:
+        overrides.append("--resume=true")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
@@ -188,6 +192,8 @@ def main() -> None:
     ap.add_argument("--tokenizer_steps", type=int, default=None)
     ap.add_argument("--tokenizer_path", default=None, help="trained tokenizer folder (cot)")
     ap.add_argument("--image_shift", type=int, default=None, help="override image_shift (pixels)")
+    ap.add_argument("--max_minutes", type=float, default=0.0, help="stop with a checkpoint after this long")
+    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     ap.add_argument("--lr", type=float, default=0.0, help="override optim.lr (0 keeps the config's)")
     ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")
     ap.add_argument("--device", default="auto")

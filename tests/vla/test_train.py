@@ -160,6 +160,39 @@ def test_vla_train_run_checkpoint_and_resume(synth, tmp_path):
     assert state["scheduler"]["last_epoch"] == 9
 
 
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(synth, tmp_path):
+    """A wall-time limit saves the step it stopped at; --resume then runs the rest of the same schedule."""
+    out = tmp_path / "run"
+    args = [
+        f"--dataset.root={synth}",
+        "--dataset.repo_id=local/synthetic",
+        "--dataset.preload=true",
+        f"--output_dir={out}",
+        "--optim.steps=5",
+        "--optim.warmup_steps=1",
+        "--save_every=100",
+        "--log_every=1",
+        "--tokenizer_steps=0",
+        "--tensorboard=false",
+        "--policy.use_cot=false",
+    ]
+    cut = draccus.parse(TrainConfig, config_path=str(TINY_TRAIN), args=[*args, "--max_minutes=1e-9"])
+    summary = run(cut)
+    assert summary["trained_steps"] == 1
+    assert summary["complete"] is False
+    assert (out / "checkpoints" / "last").resolve().name == "000001"
+    rest = run(draccus.parse(TrainConfig, config_path=str(TINY_TRAIN), args=[*args, "--resume=true"]))
+    assert rest["trained_steps"] == 5
+    assert rest["complete"] is True
+    state = json.loads((out / "checkpoints" / "last" / "training_state" / "training_state.json").read_text())
+    assert state["step"] == 5
+    assert state["scheduler"]["last_epoch"] == 5
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+
+
 @pytest.mark.parametrize(
     ("variant", "steps"),
     [

@@ -94,6 +94,9 @@ class TrainConfig:
             single-process run, keep frames, actions and states on the training device and gather each
             batch there (`vla.data.PreloadedWindows.batches`) instead of a DataLoader. On a GPU this removes
             the host-side collation that otherwise bounds the step rate of small models.
+        max_minutes: stop once the training loop has run this long, saving a checkpoint first; the
+            schedule still spans ``optim.steps``, so ``--resume=true`` carries on where it stopped (for
+            jobs with a wall-time limit: SLURM, a lent GPU's per-call limit). Single-process runs only.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: random seed.
     """
@@ -114,6 +117,7 @@ class TrainConfig:
     tokenizer_max_frames: int = 20000
     image_shift: int = 0
     data_on_device: bool = True
+    max_minutes: float | None = None
     device: str = "auto"
     seed: int = 0
 
@@ -122,6 +126,10 @@ class TrainConfig:
             raise ValueError("batch_size, log_every and save_every must be >= 1")
         if self.image_shift < 0:
             raise ValueError(f"image_shift is a pixel count and must be >= 0, got {self.image_shift}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive (or unset), got {self.max_minutes}")
+        if self.max_minutes is not None and self.distributed.num_workers > 1:
+            raise ValueError("max_minutes works in single-process runs only; unset it or use num_workers=1")
 
 
 def _prepare_tokenizer(cfg: TrainConfig) -> TrainConfig:
@@ -217,6 +225,7 @@ def train_loop(
         total=cfg.optim.steps,
     )
     logs: dict[str, float] = {}
+    done = start_step
     for step in bar:
         batch = to_policy_batch(next(batches), cfg.policy, device)
         if cfg.image_shift:
@@ -240,11 +249,25 @@ def train_loop(
             metrics.log(done, avg)
             bar.set_postfix(loss=f"{avg['loss']:.3f}", act=f"{avg['action_loss']:.3f}")
             sums, n = {}, 0
-        if rank == 0 and (done % cfg.save_every == 0 or done == cfg.optim.steps):
+        out_of_time = cfg.max_minutes is not None and time.time() - t0 >= cfg.max_minutes * 60
+        if rank == 0 and (done % cfg.save_every == 0 or done == cfg.optim.steps or out_of_time):
             _save(out, done, policy, opt, sched)
+        if out_of_time and done < cfg.optim.steps:
+            logger.warning(
+                "max_minutes=%s reached at step %d of %d; checkpoint saved, continue with --resume=true",
+                cfg.max_minutes,
+                done,
+                cfg.optim.steps,
+            )
+            break
     if metrics is not None:
         metrics.close()
-    result = {"train_minutes": (time.time() - t0) / 60, **logs}
+    result = {
+        "train_minutes": (time.time() - t0) / 60,
+        "trained_steps": done,
+        "complete": done >= cfg.optim.steps,
+        **logs,
+    }
     if rank == 0:
         (out / "train_summary.json").write_text(json.dumps(result, indent=2))
     return result
