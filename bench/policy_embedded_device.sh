@@ -16,6 +16,9 @@
 #        ACT_STEPS / ACT_BATCH override)
 #   call 3 (and 4), carry .devbundle:  bash bench/policy_embedded_device.sh eval
 #       (every variant whose checkpoint exists; completed shards are skipped, so call 4 resumes call 3)
+#   to take a checkpoint home (it is over $OUT's 16 MiB per file; $OUT takes 8 files a call):
+#     bash bench/policy_embedded_device.sh fetch cot      # $OUT/cot.tar.part_aa, _ab, ... (15 MiB each)
+#     here: mkdir -p ckpt/cot && cat <files_at>/cot.tar.part_* | tar -x -C ckpt/cot
 #
 # Run folders land in $PE_OUT (default /tmp/pe); logs, metrics, bench_train.json and the merged eval
 # results come back through $OUT. Checkpoints stay there (73 MB CoT, 206 MB ACT: over $OUT's 16 MiB).
@@ -90,6 +93,14 @@ case $stage in
     source scripts/device/setup_env.sh || exit 1
     export PYTHONPATH=/tmp/site:$PYTHONPATH
     run_eval_shards
+    ;;
+  fetch)
+    v=${1:?usage: policy_embedded_device.sh fetch cot|no_cot|lerobot_act}
+    [ -d "$(ckpt "$v")" ] || { echo "no checkpoint $(ckpt "$v") on this machine" >&2; exit 1; }
+    tar -C "$(ckpt "$v")" -cf - . | split -b 15M - "$OUT/$v.tar.part_"
+    n=$(ls "$OUT/$v".tar.part_* | wc -l)
+    [ "$n" -le 8 ] || echo "warning: $n parts; \$OUT returns 8 files a call" >&2
+    ls -la "$OUT"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
