@@ -262,16 +262,18 @@ class PreloadedWindows(torch.utils.data.Dataset):
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Any:
         """Shuffled batches forever, gathered where the data lives (see :meth:`to`).
 
-        A new permutation each epoch and the last partial batch dropped, like a shuffling DataLoader
-        with ``drop_last``.
+        A new permutation each epoch and the last partial batch dropped, like the shuffling DataLoader
+        of ``vla-train`` (``drop_last`` unless the whole dataset is smaller than one batch, which then
+        comes as one batch).
         """
         n = len(self)
-        if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} exceeds the dataset's {n} samples")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        bs = min(batch_size, n)
         while True:
             perm = torch.randperm(n, generator=generator)
-            for k in range(n // batch_size):
-                yield self.collate(perm[k * batch_size : (k + 1) * batch_size])
+            for k in range(n // bs):
+                yield self.collate(perm[k * bs : (k + 1) * bs])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         cfg = self.policy

@@ -93,8 +93,9 @@ def test_device_batches_equal_collated_items(synth):
         seen += next(gen)["observation.state"][:, 0].tolist()
     assert len(seen) == 32
     assert sorted(seen) == sorted(pre.states[:, 0].tolist())
+    assert len(next(pre.batches(33))["task"]) == 32  # smaller than a batch: the whole set, as the loader
     with pytest.raises(ValueError, match="batch_size"):
-        next(pre.batches(33))
+        next(pre.batches(0))
 
 
 def test_tokenizer_training_improves_psnr(synth, tmp_path):
