@@ -190,6 +190,23 @@ def resolve_replan(policy: Any, replan_every: int | None) -> int | None:
     return replan_every
 
 
+def executed_chunk(out: Any, replan_every: int | None) -> np.ndarray:
+    """The actions `(n, 7)` float32 to execute from one policy output: its chunk, cut to ``replan_every``.
+
+    Raises:
+        ValueError: ``out`` is not a dict with ``actions``, or the actions are not `(chunk, 7)`.
+    """
+    if not isinstance(out, dict) or "actions" not in out:
+        raise ValueError(f"policy.infer must return a dict with 'actions', got {type(out).__name__}")
+    actions = np.asarray(out["actions"], dtype=np.float32)
+    if actions.ndim == 1:
+        actions = actions[None]
+    if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or actions.shape[0] < 1:
+        raise ValueError(f"policy actions must have shape (chunk, {ACTION_DIM}), got {actions.shape}")
+    n = actions.shape[0] if replan_every is None else min(replan_every, actions.shape[0])
+    return actions[:n].copy()
+
+
 class ChunkExecutor:
     """Runs a chunking policy one action at a time: executes ``replan_every`` actions, then re-queries.
 
@@ -224,15 +241,7 @@ class ChunkExecutor:
         """
         if not self._queue:
             out = self.policy.infer(obs)
-            if not isinstance(out, dict) or "actions" not in out:
-                raise ValueError(f"policy.infer must return a dict with 'actions', got {type(out).__name__}")
-            actions = np.asarray(out["actions"], dtype=np.float32)
-            if actions.ndim == 1:
-                actions = actions[None]
-            if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or actions.shape[0] < 1:
-                raise ValueError(f"policy actions must have shape (chunk, {ACTION_DIM}), got {actions.shape}")
-            n = actions.shape[0] if self.replan_every is None else min(self.replan_every, actions.shape[0])
-            self._queue.extend(actions[:n])
+            self._queue.extend(executed_chunk(out, self.replan_every))
             self.last_output = out
             self.num_queries += 1
         return self._queue.popleft()

@@ -40,9 +40,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sim.eval_configs import EvalConfig
-from sim.policies import ACTION_DIM, make_policy, policy_id, policy_metadata, resolve_replan
+from sim.policies import executed_chunk, make_policy, policy_id, policy_metadata, resolve_replan
 from sim.run_eval import (
     Job,
+    _close_policy,
     _jsonable,
     control_fps,
     episode_seed,
@@ -216,22 +217,11 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def _chunk(out: Any, replan_every: int | None, job: Job) -> np.ndarray:
-    """The actions `(n, 7)` float32 to execute from one policy output (as `ChunkExecutor.act` checks)."""
-    if not isinstance(out, dict) or "actions" not in out:
-        raise ValueError(
-            f"policy.infer_batch must return one dict with 'actions' per observation, got "
-            f"{type(out).__name__} for task {job.task!r}, init state {job.init_state}"
-        )
-    actions = np.asarray(out["actions"], dtype=np.float32)
-    if actions.ndim == 1:
-        actions = actions[None]
-    if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or actions.shape[0] < 1:
-        raise ValueError(
-            f"policy actions must have shape (chunk, {ACTION_DIM}), got {actions.shape} for task "
-            f"{job.task!r}, init state {job.init_state}"
-        )
-    n = actions.shape[0] if replan_every is None else min(replan_every, actions.shape[0])
-    return actions[:n].copy()
+    """`sim.policies.executed_chunk`, its error naming the episode."""
+    try:
+        return executed_chunk(out, replan_every)
+    except ValueError as e:
+        raise ValueError(f"{e} (for {_episode(job)})") from e
 
 
 def _episode(job: Job) -> str:
@@ -396,9 +386,7 @@ def run_jobs_vector(
         _shutdown(slots)
         bar.close()
         if own:
-            close = getattr(policy, "close", None)
-            if callable(close):
-                close()
+            _close_policy(policy)
     missing = [_episode(jobs[i]) for i, r in enumerate(records) if r is None]
     if missing:  # cannot happen unless the loop above is broken; never return a silently short list
         raise RuntimeError(f"vector eval finished without a record for {missing}")
