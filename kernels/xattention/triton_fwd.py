@@ -9,7 +9,9 @@ walks the reshaped key columns up to its causal limit. The strided reshape is fo
 loads (``S`` dots of ``D`` wide instead of one ``S·D`` wide GEMM). For every (row, key block) it
 stores the base-2 log-sum-exp of the row's scores inside the block, and at the end the row's
 total log-sum-exp; the selection kernel turns those into block mass (``Σ_rows 2^(lse_rb - lse_r)``),
-sorts, thresholds at ``τ`` and compacts the kept blocks in ascending order.
+finds the ``τ`` cutoff by a binary search (no sort) and compacts the kept blocks in ascending order.
+The TMA variant of the scoring kernel (Hopper) reads the reshaped rows as tiles of a
+``[B, T/S, S·H·D]`` view of q and k.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.block_sparse_attention.index import BlockIndex
 
@@ -103,6 +106,104 @@ def _xattn_score_fwd_kernel(
 
 
 @triton.jit
+def _xattn_score_tma_kernel(
+    q_desc,
+    k_desc,
+    LSE_RB,
+    LSE_R,
+    qk_scale,
+    T_Q,
+    T_K,
+    N_HEADS,
+    N_KV_HEADS,
+    GROUP,
+    N_ROWS,
+    N_KB,
+    N_MBLK,
+    N_BH,
+    STRIDE: tl.constexpr,
+    R: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    """The scoring kernel above with TMA loads and one flat loop over (column tile, s).
+
+    ``q_desc``/``k_desc`` view ``[B, T, H, D]`` as ``[B, T/S, S·H·D]``: reshaped row ``i`` is one
+    row of that view, and the token ``iS + j`` of head ``h`` is the column slice ``(j·H + h)·D``. So
+    the strided reshape costs nothing and every (q, k) tile is one bulk copy. The flat loop lets the
+    pipeliner keep loading across column tiles; the epilogue runs on the last ``s`` of each tile.
+    Programs are ordered longest rows first (causal work grows with the row block).
+    """
+    pid = tl.program_id(0)
+    pid_m = N_MBLK - 1 - pid // N_BH
+    pid_bh = pid % N_BH
+    b = pid_bh // N_HEADS
+    h = pid_bh % N_HEADS
+    hk = h // GROUP
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    off = T_K - T_Q
+    row_ok = rows * STRIDE < T_Q
+    last_row = tl.minimum(pid_m * BLOCK_M + BLOCK_M, N_ROWS) - 1
+    n_cols = tl.cdiv(T_K, STRIDE)
+    if CAUSAL:
+        n_cols = tl.minimum(n_cols, (last_row * STRIDE + off) // STRIDE + 1)
+    n_iter = tl.cdiv(n_cols, BLOCK_N) * STRIDE
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    NB: tl.constexpr = BLOCK_N // R
+    lse_base = LSE_RB + pid_bh.to(tl.int64) * N_ROWS * N_KB + rows[:, None].to(tl.int64) * N_KB
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for it in range(n_iter):
+        s = it % STRIDE
+        start = (it // STRIDE) * BLOCK_N
+        qs = q_desc.load([b, pid_m * BLOCK_M, ((STRIDE - 1 - s) * N_HEADS + h) * HEAD_DIM])
+        ks = k_desc.load([b, start, (s * N_KV_HEADS + hk) * HEAD_DIM])
+        qs = tl.reshape(qs, [BLOCK_M, HEAD_DIM])
+        ks = tl.reshape(ks, [BLOCK_N, HEAD_DIM])
+        acc = tl.dot(qs, ks.T, acc)
+        if s == STRIDE - 1:
+            cols = start + tl.arange(0, BLOCK_N)
+            keep = cols[None, :] * STRIDE < T_K
+            if CAUSAL:
+                keep = keep & (cols[None, :] * STRIDE <= rows[:, None] * STRIDE + off)
+            sc = tl.where(keep, acc * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(sc - m_use[:, None])
+            l_i = l_i * tl.math.exp2(m_i - m_use) + tl.sum(p, 1)
+            m_i = m_new
+            bsum = tl.sum(tl.reshape(p, [BLOCK_M, NB, R]), axis=2)
+            lse = tl.math.log2(bsum) + m_use[:, None]
+            kb = start // R + tl.arange(0, NB)
+            tl.store(lse_base + kb[None, :], lse, mask=(kb[None, :] < N_KB) & (rows[:, None] < N_ROWS))
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    row_lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("inf"))
+    row_lse = tl.where(row_ok, row_lse, float("inf"))  # rows past Tq contribute no mass
+    tl.store(LSE_R + pid_bh.to(tl.int64) * N_ROWS + rows, row_lse, mask=rows < N_ROWS)
+
+
+@triton.jit
+def _fp8_cast_kernel(X, Y, N, BLOCK: tl.constexpr):
+    """``y = clamp(x, ±448).to(e4m3)`` in one pass (torch needs two, and its cast maps overflow to NaN)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(X + offs, mask=offs < N, other=0.0).to(tl.float32)
+    x = tl.minimum(tl.maximum(x, -448.0), 448.0)
+    tl.store(Y + offs, x.to(tl.float8e4nv), mask=offs < N)
+
+
+def to_fp8_e4m3(x: Tensor) -> Tensor:
+    """Saturating cast to float8 e4m3 (one fused pass for contiguous tensors)."""
+    if not x.is_contiguous():
+        return x.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    y = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    n = x.numel()
+    _fp8_cast_kernel[(triton.cdiv(n, 8192),)](x, y, n, BLOCK=8192, num_warps=8)
+    return y
+
+
+@triton.jit
 def _xattn_select_kernel(
     LSE_RB,
     LSE_R,
@@ -150,12 +251,20 @@ def _xattn_select_kernel(
     m = tl.where(vis, mass, 0.0)
     need = tau * tl.sum(m, 0) - tl.sum(tl.where(forced, m, 0.0), 0)
     cand = tl.where(vis & ~forced, m, -1.0)
-    srt = tl.sort(cand, descending=True)
-    pos_mass = tl.maximum(srt, 0.0)
-    excl = tl.cumsum(pos_mass, 0) - pos_mass
-    n_add = tl.sum(((excl < need) & (srt >= 0)).to(tl.int32), 0)
-    cutoff = tl.sum(tl.where(kb == n_add - 1, srt, 0.0), 0)
-    cutoff = tl.where(n_add > 0, cutoff, float("inf"))
+    # The cutoff is the smallest candidate mass c with sum(cand > c) < need: adding blocks in
+    # descending mass until the kept share reaches tau stops exactly at it (ties kept). A binary
+    # search over the bit patterns of non-negative floats (ordered like the floats) finds it in 31
+    # masked sums, instead of sorting the row.
+    lo = tl.zeros([], tl.int32)
+    hi = tl.maximum(tl.max(cand, 0), 0.0).to(tl.int32, bitcast=True)
+    for _ in range(31):
+        mid = lo + (hi - lo) // 2
+        v = mid.to(tl.float32, bitcast=True)
+        above = tl.sum(tl.where(cand > v, cand, 0.0), 0)
+        ok = above < need
+        hi = tl.where(ok, mid, hi)
+        lo = tl.where(ok, lo, mid + 1)
+    cutoff = tl.where(need > 0, hi.to(tl.float32, bitcast=True), float("inf"))
     keep = forced | ((cand >= cutoff) & (cand > 0) & tok_vis)
     keep_i = keep.to(tl.int32)
     pos = tl.cumsum(keep_i, 0) - 1
@@ -165,9 +274,36 @@ def _xattn_select_kernel(
     tl.store(NFULL + row_id, tl.sum((keep & (kb < limit)).to(tl.int32), 0))
 
 
-def score_config(stride: int, block_size: int) -> dict[str, int]:
-    """Scoring launch config (H200 sweep at 128k, bench/notes/kernels.md: block_n 128 beat 64 by 1.4-1.7x)."""
+def tma_supported(q: Tensor, k: Tensor, stride: int, *, check_device: bool = True) -> bool:
+    """Whether the TMA scoring kernel applies: Hopper or newer, 16/8-bit contiguous q/k, T a multiple of S."""
+    if check_device and (q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] < 9):
+        return False
+    return (
+        q.element_size() <= 2
+        and q.is_contiguous()
+        and k.is_contiguous()
+        and q.shape[1] % stride == 0
+        and k.shape[1] % stride == 0
+        and q.data_ptr() % 16 == 0
+        and k.data_ptr() % 16 == 0
+    )
+
+
+def score_config(stride: int, block_size: int, *, tma: bool = False, itemsize: int = 2) -> dict[str, int]:
+    """Scoring launch config from the H200 sweeps at 128k (``bench/notes/kernels.md``).
+
+    Pointer loads: block_n 128, 3 stages (block_n 128 beat 64 by 1.4-1.7x). TMA loads: block_n 256,
+    4 stages in fp8 (5.2 ms at S=16 vs 6.3 for the best pointer config) and 2 in 16-bit (the
+    shared-memory limit; 11.7 ms vs 13.2).
+    """
     r = block_size // stride
+    if tma:
+        return {
+            "block_m": 128,
+            "block_n": max(256, r),
+            "num_warps": 8,
+            "num_stages": 4 if itemsize == 1 else 2,
+        }
     return {"block_m": 128, "block_n": max(128, r), "num_warps": 8, "num_stages": 3}
 
 
@@ -183,6 +319,9 @@ def xattn_score_fwd(
 ) -> tuple[Tensor, Tensor]:
     """Run the scoring kernel (``config={"fp8": 1}`` scores in float8 e4m3).
 
+    ``config={"tma": 0|1}`` picks the pointer-load or the TMA kernel; by default TMA where
+    :func:`tma_supported` says it applies (Hopper or newer).
+
     Returns:
         ``(lse_rb (B*H, rows, NKB), lse_r (B*H, rows))`` in log2 units.
     """
@@ -191,13 +330,52 @@ def xattn_score_fwd(
     r = block_size // stride
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
     n_rows = n_qb * r
-    cfg = {**score_config(stride, block_size), **(config or {})}
+    config = config or {}
+    if config.get(
+        "fp8"
+    ):  # score in fp8 (e4m3): twice the tensor-core rate on Hopper, ample for ranking blocks
+        q, k = to_fp8_e4m3(q), to_fp8_e4m3(k)
+    use_tma = bool(config.get("tma", tma_supported(q, k, stride)))
+    cfg = {**score_config(stride, block_size, tma=use_tma, itemsize=q.element_size()), **config}
     block_n = max(cfg["block_n"], r)
-    if cfg.get("fp8"):  # score in fp8 (e4m3): twice the tensor-core rate on Hopper, ample for ranking blocks
-        q = q.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
-        k = k.clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
     lse_rb = torch.empty(b * h_q, n_rows, n_kb, dtype=torch.float32, device=q.device)
     lse_r = torch.empty(b * h_q, n_rows, dtype=torch.float32, device=q.device)
+    if use_tma:
+        if not tma_supported(q, k, stride, check_device=False):
+            raise ValueError(
+                "tma scoring needs contiguous 16- or 8-bit [B, T, H, D] q/k with T a multiple of the stride; "
+                f"got q{tuple(q.shape)} k{tuple(k.shape)}, stride {stride}"
+            )
+        q3 = q.view(b, t_q // stride, stride * h_q * d)
+        k3 = k.view(b, t_k // stride, stride * h_kv * d)
+        q_desc = TensorDescriptor.from_tensor(q3, [1, cfg["block_m"], d])
+        k_desc = TensorDescriptor.from_tensor(k3, [1, block_n, d])
+        n_mblk = triton.cdiv(n_rows, cfg["block_m"])
+        _xattn_score_tma_kernel[(n_mblk * b * h_q,)](
+            q_desc,
+            k_desc,
+            lse_rb,
+            lse_r,
+            scale / stride * LOG2E,
+            t_q,
+            t_k,
+            h_q,
+            h_kv,
+            h_q // h_kv,
+            n_rows,
+            n_kb,
+            n_mblk,
+            b * h_q,
+            STRIDE=stride,
+            R=r,
+            CAUSAL=causal,
+            BLOCK_M=cfg["block_m"],
+            BLOCK_N=block_n,
+            HEAD_DIM=d,
+            num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
+        )
+        return lse_rb, lse_r
     grid = (triton.cdiv(n_rows, cfg["block_m"]), b * h_q)
     _xattn_score_fwd_kernel[grid](
         q,

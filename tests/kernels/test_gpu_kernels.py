@@ -88,3 +88,28 @@ def test_fp8_scoring_tracks_bf16_reference(device):
     mask = index_to_mask(index, 64)
     assert (mask != ref_mask).float().mean().item() <= 0.05
     assert needles_kept(needles, mask, 128) == 1.0
+
+
+def test_fp8_cast_saturates_like_torch(device):
+    from kernels.xattention.triton_fwd import to_fp8_e4m3
+
+    x = torch.randn(3, 4097, 5, device=device, dtype=torch.bfloat16) * 300
+    want = x.clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(to_fp8_e4m3(x).float(), want.float())
+    assert not to_fp8_e4m3(x).float().isnan().any()
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_tma_scoring_equals_pointer_scoring_at_16k(fp8, device):
+    from kernels.xattention.triton_fwd import to_fp8_e4m3, xattn_score_fwd
+
+    q, k, _, _ = structured_qkv(2, 16384, 8, 4, 128, dtype=torch.bfloat16, device=device, seed=6)
+    if fp8:
+        q, k = to_fp8_e4m3(q), to_fp8_e4m3(k)
+    kw = dict(stride=16, block_size=128, scale=128**-0.5, causal=True)
+    rb_ptr, r_ptr = xattn_score_fwd(q, k, **kw, config={"tma": 0})
+    rb_tma, r_tma = xattn_score_fwd(q, k, **kw, config={"tma": 1})
+    assert torch.allclose(r_ptr, r_tma, rtol=0, atol=1e-4)
+    written = ~rb_ptr.isnan()
+    assert torch.equal(written, ~rb_tma.isnan())
+    assert torch.allclose(rb_ptr[written], rb_tma[written], rtol=0, atol=1e-4)

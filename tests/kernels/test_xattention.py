@@ -10,6 +10,7 @@ from kernels.block_sparse_attention.index import visible_blocks
 from kernels.testing import assert_close, needles_kept, structured_qkv
 from kernels.xattention import antidiagonal_block_mass_ref, xattention_prefill, xattn_select, xattn_select_ref
 from kernels.xattention.reference import forced_blocks
+from kernels.xattention.triton_fwd import xattn_score_fwd
 
 CASES = [
     # (B, Tq, Tk, Hq, Hkv, D, block, stride, causal)
@@ -95,6 +96,50 @@ def test_prefill_matches_reference_with_same_mask(device):
         q, k, v, mask, block_size=64, causal=True, head_type=head_type, sink=16, local=64
     )
     assert_close("prefill", ref.float(), out.float(), torch.float16)
+
+
+TMA_CASES = [
+    # (B, Tq, Tk, Hq, Hkv, D, block, stride, causal, block_n)
+    (2, 512, 512, 2, 1, 64, 64, 8, True, 64),
+    (1, 256, 384, 2, 2, 64, 128, 16, True, 128),
+    (1, 256, 256, 1, 1, 128, 128, 16, False, 64),
+    (1, 320, 320, 4, 2, 64, 64, 4, True, 64),
+]
+
+
+@pytest.mark.parametrize("case", TMA_CASES, ids=[_case_id(c[:9]) for c in TMA_CASES])
+def test_tma_scoring_equals_pointer_scoring(case, device):
+    """The TMA kernel (reshape as tiles of a [B, T/S, S·H·D] view) gives the pointer kernel's output."""
+    b, t_q, t_k, h_q, h_kv, d, bs, stride, causal, bn = case
+    q, k, _, _ = structured_qkv(
+        b, t_k, h_q, h_kv, d, dtype=torch.float16, device=device, seed=7, needle_len=16
+    )
+    q = q[:, t_k - t_q :].contiguous()
+    cfg = {"block_m": 64, "block_n": bn, "num_warps": 4, "num_stages": 2}
+    kw = dict(stride=stride, block_size=bs, scale=d**-0.5, causal=causal)
+    rb_ptr, r_ptr = xattn_score_fwd(q, k, **kw, config={**cfg, "tma": 0})
+    rb_tma, r_tma = xattn_score_fwd(q, k, **kw, config={**cfg, "tma": 1})
+    assert torch.equal(r_ptr, r_tma)
+    written = ~rb_ptr.isnan()  # torch.empty is NaN-filled here: compare what the kernels wrote
+    assert torch.equal(written, ~rb_tma.isnan())
+    assert written.any()
+    assert torch.allclose(rb_ptr[written], rb_tma[written], rtol=0, atol=1e-5)
+
+
+def test_tma_scoring_refuses_ragged_length():
+    q = torch.randn(1, 100, 2, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        xattn_score_fwd(q, q, stride=8, block_size=64, scale=0.125, causal=True, config={"tma": 1})
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.9, 0.97, 1.0])
+def test_threshold_search_equals_sorted_rule(tau, device):
+    """The kernel's binary search for the cutoff keeps exactly the reference's sorted-cumsum blocks."""
+    for seed in range(3):
+        q, k, _, _ = structured_qkv(1, 1024, 2, 1, 64, device=device, seed=seed, needle_len=16)
+        index, _ = xattn_select(q, k, stride=8, tau=tau, block_size=64, causal=True, impl="triton")
+        ref_mask, _ = xattn_select_ref(q, k, stride=8, tau=tau, block_size=64, causal=True)
+        assert torch.equal(index_to_mask(index, 16).cpu(), ref_mask.cpu())
 
 
 def test_bad_arguments():

@@ -1,0 +1,161 @@
+"""XAttention scoring sweep on one GPU: ``python -m kernels.xattention.sweep [--t=131072] [--out=DIR]``.
+
+Times each piece of the scoring path separately at one length (B=1, 32 heads, head dim 128, causal,
+block 128, S=16 and 8): the fp8 cast (fused kernel vs torch clamp + cast), the scoring kernel with
+pointer loads vs TMA loads over a grid of launch configs, and the selection kernel; checks each TMA
+variant's output against the pointer kernel's; and times the 10%-density block-sparse attention that
+the scoring share is measured against. Prints a table and writes ``xattn_sweep.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import sys
+
+import torch
+import triton
+
+from kernels.block_sparse_attention.index import mask_to_index
+from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
+from kernels.testing import structured_qkv
+from kernels.xattention.triton_fwd import to_fp8_e4m3, xattn_score_fwd, xattn_select_fwd
+
+H, D, BS = 32, 128, 128
+
+
+def _ms(fn, reps: int = 5) -> float:
+    fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b))
+    return statistics.median(out)
+
+
+def _density_index(n: int, t: int, density: float):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = torch.rand(1, H, n, n, generator=g, device="cuda")
+    tri = torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
+    r = torch.where(tri, r, -1.0)
+    r.diagonal(dim1=-2, dim2=-1).fill_(2.0)
+    count = torch.clamp(torch.round(density * torch.arange(1, n + 1, device="cuda")), min=1)
+    rank = torch.argsort(torch.argsort(r, dim=-1, descending=True), dim=-1)
+    return mask_to_index(rank < count[:, None], t, t, BS, causal=True)
+
+
+def main(argv: list[str]) -> None:
+    """Run the sweep; options ``--t=LEN --out=DIR``."""
+    opts = dict(a.lstrip("-").split("=", 1) for a in argv)
+    t = int(opts.get("t", 131072))
+    out_dir = opts.get("out", os.environ.get("OUT", "."))
+    name = torch.cuda.get_device_name()
+    q, k, v, _ = structured_qkv(1, t, H, H, D, dtype=torch.bfloat16, device="cuda", seed=0, needle_len=64)
+    rows: list[dict] = []
+    scale = D**-0.5
+    n = triton.cdiv(t, BS)
+    idx10 = _density_index(n, t, 0.1)
+    attn10 = _ms(
+        functools.partial(block_sparse_attn_fwd, q, k, v, idx10, block_size=BS, scale=scale, causal=True)
+    )
+    rows.append({"what": "attn_10pct", "ms": attn10})
+    rows.append(
+        {
+            "what": "fp8_cast_torch",
+            "ms": _ms(
+                lambda: (
+                    q.clamp(-448, 448).to(torch.float8_e4m3fn),
+                    k.clamp(-448, 448).to(torch.float8_e4m3fn),
+                )
+            ),
+        }
+    )
+    rows.append({"what": "fp8_cast_fused", "ms": _ms(lambda: (to_fp8_e4m3(q), to_fp8_e4m3(k)))})
+    q8, k8 = to_fp8_e4m3(q), to_fp8_e4m3(k)
+    assert torch.equal(q8.float(), q.clamp(-448, 448).to(torch.float8_e4m3fn).float())
+    configs = {
+        False: [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 2), (128, 128, 4, 3), (64, 128, 4, 4)],
+        True: [
+            (128, 128, 8, 3),
+            (128, 128, 8, 4),
+            (128, 256, 8, 3),
+            (128, 256, 8, 4),
+            (128, 256, 8, 2),
+            (256, 128, 8, 3),
+            (128, 128, 4, 4),
+            (64, 256, 4, 4),
+        ],
+    }
+    for stride in (16, 8):
+        flop = t * t * D * H / stride
+        for fp8, cfgs in configs.items():
+            qq, kk = (q8, k8) if fp8 else (q, k)
+            ref = None
+            for bm, bn, nw, ns in cfgs:
+                for tma in (0, 1):
+                    if stride == 8 and (bm, bn, nw, ns) not in cfgs[:3]:
+                        continue
+                    c = {"block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns, "tma": tma}
+                    row = {"what": "score", "stride": stride, "fp8": fp8, **c}
+                    try:
+                        fn = functools.partial(
+                            xattn_score_fwd,
+                            qq,
+                            kk,
+                            stride=stride,
+                            block_size=BS,
+                            scale=scale,
+                            causal=True,
+                            config=c,
+                        )
+                        lse_rb, lse_r = fn()
+                        if ref is None:
+                            ref = (lse_rb.clone(), lse_r.clone())
+                        else:
+                            fin = torch.isfinite(ref[1])
+                            row["max_abs_diff_row_lse"] = (lse_r - ref[1])[fin].abs().max().item()
+                        row["ms"] = _ms(fn)
+                        row["tflops"] = flop / row["ms"] / 1e9
+                    except Exception as e:  # over the card's resources
+                        row["error"] = str(e)[:200]
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            sel = functools.partial(
+                xattn_select_fwd,
+                *ref,
+                batch=1,
+                heads=H,
+                t_q=t,
+                t_k=t,
+                stride=stride,
+                block_size=BS,
+                tau=0.9,
+                causal=True,
+            )
+            rows.append({"what": "select", "stride": stride, "fp8": fp8, "ms": _ms(sel)})
+            del ref, sel
+            torch.cuda.empty_cache()
+    print(f"\n{name}, T={t}: 10%-density attention {attn10:.2f} ms; target scoring <= {0.15 * attn10:.2f} ms")
+    for r in rows:
+        if r["what"] != "score":
+            print(f"{r['what']:>16} S={r.get('stride', '-')} fp8={r.get('fp8', '-')}: {r['ms']:.2f} ms")
+    for r in sorted((r for r in rows if "ms" in r and r["what"] == "score"), key=lambda r: r["ms"])[:12]:
+        print(
+            f"score S={r['stride']} fp8={int(r['fp8'])} tma={r['tma']} bm={r['block_m']} bn={r['block_n']} "
+            f"w={r['num_warps']} st={r['num_stages']}: {r['ms']:.2f} ms {r['tflops']:.0f} TFLOP/s "
+            f"diff={r.get('max_abs_diff_row_lse', 0):.2e}"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "xattn_sweep.json"), "w") as f:
+        json.dump({"device": name, "seq_len": t, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
