@@ -7,11 +7,15 @@ set -euo pipefail
 ROOT=$(pwd)
 SRC=${BSA_SRC:-$ROOT/.official/Block-Sparse-Attention}
 DST=${BSA_DST:-/tmp/bsa}
-PY=${PYTHON:-python3}
+PY=$(command -v "${PYTHON:-python3}")
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute (we cd below), venv kept
 export MAX_JOBS=${MAX_JOBS:-16}
 export BSA_ARCH=${BSA_ARCH:-90}
 export TORCH_CUDA_ARCH_LIST="${BSA_ARCH:0:1}.${BSA_ARCH:1}"
-if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
+for d in /usr/local/cuda/bin /usr/local/cuda-13*/bin /opt/cuda/bin; do
+  if ! command -v nvcc >/dev/null && [ -x "$d/nvcc" ]; then export PATH="$d:$PATH"; fi
+done
+command -v nvcc >/dev/null || { echo "build.sh: nvcc not found"; exit 1; }
 export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 echo "build.sh: nvcc $(nvcc --version | tail -1); CUDA_HOME=$CUDA_HOME; MAX_JOBS=$MAX_JOBS; sm_$BSA_ARCH"
 
