@@ -426,7 +426,7 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
         dense = real_attention(q, k, v, causal=True)
         t_sdpa = timed(lambda q=q, k=k, v=v: real_attention(q, k, v, causal=True), 10)
         outside = mass_outside_window(q, k, sink=64, local=1024)
-        for stride in (8, 16):
+        for stride in (4, 8, 16):
 
             def e2e(q=q, k=k, v=v, stride=stride):
                 index, _ = xattn_select(q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton")
@@ -455,6 +455,12 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
             log.info("LM %s", json.dumps(row))
     lm = [r for r in rows if r["kind"] == "lm_xattn"]
     res["lm_xattn_mass_recall_vs_oracle"] = min(r["mass_recall_vs_oracle"] for r in lm)
+    for stride in sorted({r["stride"] for r in lm}):
+        of_s = [r for r in lm if r["stride"] == stride]
+        res[f"lm_xattn_mass_recall_vs_oracle_s{stride}"] = min(r["mass_recall_vs_oracle"] for r in of_s)
+        res[f"lm_xattn_mass_recall_vs_oracle_s{stride}_worst_layer"] = min(
+            of_s, key=lambda r: r["mass_recall_vs_oracle"]
+        )["layer"]
     res["lm_xattn_mass_recall_vs_oracle_mean"] = statistics.mean(r["mass_recall_vs_oracle"] for r in lm)
     res["lm_xattn_density_mean"] = statistics.mean(r["density"] for r in lm)
     res["lm_xattn_rel_err_vs_dense_max"] = max(r["rel_err_vs_dense"] for r in lm)

@@ -101,8 +101,11 @@ def structured_qkv(
     k = torch.randn(batch, seq_len, kv_heads, head_dim, generator=gd, device=device) * (noise / root)
     v = torch.randn(batch, seq_len, kv_heads, head_dim, generator=gd, device=device)
     pos = torch.arange(seq_len, dtype=torch.float64, device=device)
-    n_freq = max(1, min(8, head_dim // 8))
-    freqs = torch.linspace(0.3, 1.0, n_freq, dtype=torch.float64, device=device) / local_width
+    # Random Fourier features of a Gaussian kernel of width ``local_width``: code(i)·code(j) ≈
+    # exp(-(i-j)²/2w²) plus noise of std ~1/sqrt(2F) far away. (Evenly spaced frequencies beat
+    # periodically: 8 of them recurred every ~3k tokens, making "local" heads attend far back.)
+    n_freq = max(1, min(32, head_dim // 4))
+    freqs = (torch.randn(n_freq, generator=g, dtype=torch.float64).abs() / local_width).to(device)
     code = torch.cat([torch.cos(pos[:, None] * freqs), torch.sin(pos[:, None] * freqs)], dim=1) / math.sqrt(
         n_freq
     )

@@ -80,17 +80,18 @@ def main(argv: list[str]) -> None:
     rows.append({"what": "fp8_cast_fused", "ms": _ms(lambda: (to_fp8_e4m3(q), to_fp8_e4m3(k)))})
     q8, k8 = to_fp8_e4m3(q), to_fp8_e4m3(k)
     assert torch.equal(q8.float(), q.clamp(-448, 448).to(torch.float8_e4m3fn).float())
-    configs = {
-        False: [(128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 2), (128, 128, 4, 3), (64, 128, 4, 4)],
+    configs = {  # (block_m, block_n, num_warps, num_stages, warp_specialize)
+        False: [(128, 128, 8, 3, 0), (128, 256, 8, 2, 0), (256, 128, 8, 2, 0), (128, 256, 8, 2, 1)],
         True: [
-            (128, 128, 8, 3),
-            (128, 128, 8, 4),
-            (128, 256, 8, 3),
-            (128, 256, 8, 4),
-            (128, 256, 8, 2),
-            (256, 128, 8, 3),
-            (128, 128, 4, 4),
-            (64, 256, 4, 4),
+            (128, 256, 8, 4, 0),
+            (128, 256, 8, 3, 0),
+            (128, 256, 8, 5, 0),
+            (256, 256, 16, 3, 0),
+            (256, 256, 16, 2, 0),
+            (256, 128, 8, 4, 0),
+            (128, 256, 8, 4, 1),
+            (128, 128, 8, 4, 1),
+            (256, 256, 8, 2, 0),
         ],
     }
     for stride in (16, 8):
@@ -98,11 +99,18 @@ def main(argv: list[str]) -> None:
         for fp8, cfgs in configs.items():
             qq, kk = (q8, k8) if fp8 else (q, k)
             ref = None
-            for bm, bn, nw, ns in cfgs:
+            for bm, bn, nw, ns, ws in cfgs:
                 for tma in (0, 1):
-                    if stride == 8 and (bm, bn, nw, ns) not in cfgs[:3]:
+                    if (stride == 8 and (bm, bn, nw, ns, ws) not in cfgs[:2]) or (ws and not tma):
                         continue
-                    c = {"block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns, "tma": tma}
+                    c = {
+                        "block_m": bm,
+                        "block_n": bn,
+                        "num_warps": nw,
+                        "num_stages": ns,
+                        "tma": tma,
+                        "ws": ws,
+                    }
                     row = {"what": "score", "stride": stride, "fp8": fp8, **c}
                     try:
                         fn = functools.partial(
@@ -148,7 +156,8 @@ def main(argv: list[str]) -> None:
             print(f"{r['what']:>16} S={r.get('stride', '-')} fp8={r.get('fp8', '-')}: {r['ms']:.2f} ms")
     for r in sorted((r for r in rows if "ms" in r and r["what"] == "score"), key=lambda r: r["ms"])[:12]:
         print(
-            f"score S={r['stride']} fp8={int(r['fp8'])} tma={r['tma']} bm={r['block_m']} bn={r['block_n']} "
+            f"score S={r['stride']} fp8={int(r['fp8'])} tma={r['tma']} ws={r['ws']} "
+            f"bm={r['block_m']} bn={r['block_n']} "
             f"w={r['num_warps']} st={r['num_stages']}: {r['ms']:.2f} ms {r['tflops']:.0f} TFLOP/s "
             f"diff={r.get('max_abs_diff_row_lse', 0):.2e}"
         )

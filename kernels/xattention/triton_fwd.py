@@ -127,6 +127,7 @@ def _xattn_score_tma_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     """The scoring kernel above with TMA loads and one flat loop over (column tile, s).
 
@@ -155,7 +156,7 @@ def _xattn_score_tma_kernel(
     NB: tl.constexpr = BLOCK_N // R
     lse_base = LSE_RB + pid_bh.to(tl.int64) * N_ROWS * N_KB + rows[:, None].to(tl.int64) * N_KB
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for it in range(n_iter):
+    for it in tl.range(0, n_iter, warp_specialize=WARP_SPECIALIZE):
         s = it % STRIDE
         start = (it // STRIDE) * BLOCK_N
         qs = q_desc.load([b, pid_m * BLOCK_M, ((STRIDE - 1 - s) * N_HEADS + h) * HEAD_DIM])
@@ -372,6 +373,7 @@ def xattn_score_fwd(
             BLOCK_M=cfg["block_m"],
             BLOCK_N=block_n,
             HEAD_DIM=d,
+            WARP_SPECIALIZE=bool(cfg.get("ws", 0)),
             num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )
