@@ -37,5 +37,5 @@ t0=$(date +%s)
 echo "build.sh: built in $(( $(date +%s) - t0 )) s: $(ls "$DST"/block_sparse_attn_cuda*.so)"
 cd "$ROOT"
 PYTHONPATH="$DST${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
-  "import block_sparse_attn, block_sparse_attn_cuda; print('build.sh: import ok', block_sparse_attn.__file__)"
+  "import torch, block_sparse_attn, block_sparse_attn_cuda; print('build.sh: import ok', block_sparse_attn.__file__)"
 touch "$DST/.built_$stamp"
