@@ -1,7 +1,8 @@
 """Official XAttention (mit-han-lab/x-attention + Block-Sparse-Attention) vs ours, end to end, same inputs.
 
 Issue #5, headline ``vs_official_xattn_128k`` = our end-to-end time (scoring + selection + block-sparse
-attention) / the official one's, taking the faster official variant and naming it. Variants:
+attention) / the official one's, taking the faster official variant whose output is comparable (error
+vs dense at most 2x ours) and naming it; the ratio to each official variant is reported too. Variants:
 
 * ``official_shipped``: ``xattn.src.Xattention.Xattention_prefill(..., use_triton=True)`` as shipped. Its
   ``xattn_estimate`` silently drops to its torch scoring path unless ``"100"`` is in the GPU's name
@@ -423,66 +424,96 @@ def run_case(
     return rows
 
 
+COMPARABLE_ERR_FACTOR = (
+    2.0  # an official output counts as the same computation if its error is at most 2x ours
+)
+
+
 def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (input, length, stride, our variant): our e2e / the faster official e2e, naming it."""
+    """Per (input, length, stride, our variant, official variant): our e2e / the official e2e.
+
+    ``comparable`` marks an official output whose relative error vs dense is at most
+    ``COMPARABLE_ERR_FACTOR`` times ours (the H200's shipped torch path selects ~0.4% of the blocks and
+    misses dense attention by 20-370%: timing it is not timing the same computation).
+    """
     out = []
     ok = [r for r in rows if r.get("kind") == "variant" and "e2e_ms" in r]
     cases = sorted({(r["input"], r["seq_len"], r["stride"]) for r in ok})
     for inp, t, s in cases:
         case = [r for r in ok if (r["input"], r["seq_len"], r["stride"]) == (inp, t, s)]
-        official = [r for r in case if r["variant"] in OFFICIAL_VARIANTS]
-        if not official:
-            continue
-        best = min(official, key=lambda r: r["e2e_ms"])
         for ours in (r for r in case if r["variant"] in OUR_VARIANTS):
-            out.append(
-                {
-                    "kind": "ratio",
-                    "input": inp,
-                    "seq_len": t,
-                    "stride": s,
-                    "ours": ours["variant"],
-                    "official": best["variant"],
-                    "official_path": best["path"],
-                    "ours_e2e_ms": ours["e2e_ms"],
-                    "official_e2e_ms": best["e2e_ms"],
-                    "ratio_e2e": ours["e2e_ms"] / best["e2e_ms"],
-                    "ratio_estimate": ours["estimate_ms"] / best["estimate_ms"],
-                    "ratio_attn": ours["attn_ms"] / best["attn_ms"],
-                    "ours_density": ours["density"],
-                    "official_density": best["density"],
-                }
-            )
+            for off in (r for r in case if r["variant"] in OFFICIAL_VARIANTS):
+                err_o, err_ours = off.get("rel_err_vs_dense"), ours.get("rel_err_vs_dense")
+                comparable = err_o is None or err_ours is None or err_o <= COMPARABLE_ERR_FACTOR * err_ours
+                out.append(
+                    {
+                        "kind": "ratio",
+                        "input": inp,
+                        "seq_len": t,
+                        "stride": s,
+                        "ours": ours["variant"],
+                        "official": off["variant"],
+                        "official_path": off["path"],
+                        "ours_e2e_ms": ours["e2e_ms"],
+                        "official_e2e_ms": off["e2e_ms"],
+                        "ratio_e2e": ours["e2e_ms"] / off["e2e_ms"],
+                        "ratio_estimate": ours["estimate_ms"] / off["estimate_ms"],
+                        "ratio_attn": ours["attn_ms"] / off["attn_ms"],
+                        "ours_density": ours["density"],
+                        "official_density": off["density"],
+                        "ours_rel_err": err_ours,
+                        "official_rel_err": err_o,
+                        "comparable": comparable,
+                    }
+                )
     return out
 
 
-def headline(ratios: list[dict[str, Any]], *, t: int, input_name: str, stride: int) -> dict[str, Any]:
-    """Headline ``vs_official_xattn_128k``: our bf16-scoring e2e / the faster official e2e.
+def _best(pairs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The faster official among comparable outputs (any official if none is comparable)."""
+    good = [r for r in pairs if r["comparable"]] or pairs
+    return min(good, key=lambda r: r["official_e2e_ms"], default=None)
 
-    At the headline case, plus the fp8 ratio and every measured case at length ``t``; None where the
-    case was not measured.
+
+def headline(ratios: list[dict[str, Any]], *, t: int, input_name: str, stride: int) -> dict[str, Any]:
+    """Headline ``vs_official_xattn_128k``: our bf16-scoring e2e / the faster comparable official e2e.
+
+    At the headline case, plus the fp8 ratio, the ratio to each official variant, and every measured
+    case at length ``t``; None where the case was not measured.
     """
     at_t = [r for r in ratios if r["seq_len"] == t]
 
-    def pick(ours: str):
-        return next(
-            (r for r in at_t if (r["input"], r["stride"], r["ours"]) == (input_name, stride, ours)), None
-        )
+    def pairs(ours: str, inp: str = input_name, s: int = stride) -> list[dict[str, Any]]:
+        return [r for r in at_t if (r["input"], r["stride"], r["ours"]) == (inp, s, ours)]
 
-    main, fp8 = pick("ours"), pick("ours_fp8")
+    main, fp8 = _best(pairs("ours")), _best(pairs("ours_fp8"))
     key = f"vs_official_xattn_{t // 1024}k" if t % 1024 == 0 else f"vs_official_xattn_{t}"
+    cases = sorted({(r["input"], r["stride"], r["ours"]) for r in at_t})
     return {
         "card": device_name(),
         key: main["ratio_e2e"] if main else None,
         f"{key}_official_variant": (
             f"{main['official']} ({main['official_path']} scoring)" if main else None
         ),
+        f"{key}_official_output_comparable": main["comparable"] if main else None,
         f"{key}_case": {"input": input_name, "stride": stride, "seq_len": t},
         f"{key}_ours_ms": main["ours_e2e_ms"] if main else None,
         f"{key}_official_ms": main["official_e2e_ms"] if main else None,
         f"{key}_density_ours_official": [main["ours_density"], main["official_density"]] if main else None,
+        f"{key}_rel_err_ours_official": [main["ours_rel_err"], main["official_rel_err"]] if main else None,
         f"{key}_fp8": fp8["ratio_e2e"] if fp8 else None,
-        f"{key}_all": {f"{r['input']}_s{r['stride']}_{r['ours']}": r["ratio_e2e"] for r in at_t},
+        f"{key}_per_official": {
+            f"{r['official']}": {
+                "ratio_e2e": r["ratio_e2e"],
+                "official_rel_err": r["official_rel_err"],
+                "official_density": r["official_density"],
+                "comparable": r["comparable"],
+            }
+            for r in pairs("ours")
+        },
+        f"{key}_all": {
+            f"{i}_s{s}_{o}": b["ratio_e2e"] for i, s, o in cases if (b := _best(pairs(o, i, s))) is not None
+        },
     }
 
 
