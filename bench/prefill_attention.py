@@ -467,6 +467,26 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
     return res
 
 
+def official_headline(path: Path | None = None) -> dict:
+    """``vs_official_xattn_128k`` from ``bench/vs_official_xattn.py``'s result, with its source.
+
+    That is a separate device run (the official code is built there, ``bench/official_xattn/``); None
+    where it was not run.
+    """
+    from bench.common import RESULTS_DIR
+
+    path = path or Path(RESULTS_DIR) / "vs_official_xattn.json"
+    if not path.is_file():
+        return {"vs_official_xattn_128k": None}
+    head = json.loads(path.read_text())["headline"]
+    return {
+        "vs_official_xattn_128k": head.get("vs_official_xattn_128k"),
+        "vs_official_xattn_128k_official_variant": head.get("vs_official_xattn_128k_official_variant"),
+        "vs_official_xattn_128k_card": head.get("card"),
+        "vs_official_xattn_source": "bench/results/vs_official_xattn.json",
+    }
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = _parse(sys.argv[1:])
@@ -517,7 +537,7 @@ def main() -> None:
         "seq_len": max(lengths),
         "full_mask_vs_sdpa_128k": top["full_mask_vs_sdpa"],
         "speedup_at_10pct_128k": top.get("speedup_at_10pct"),
-        "vs_official_xattn_128k": None,
+        **official_headline(),
     }
     for name in ("diffuse", "peaked"):
         best = pick(name)
