@@ -18,6 +18,9 @@
 #       (every variant whose checkpoint exists; completed shards are skipped, so call 4 resumes call 3)
 #   to take a checkpoint home (it is over $OUT's 16 MiB per file; $OUT takes 8 files a call):
 #     bash bench/policy_embedded_device.sh fetch cot      # $OUT/cot.tar.part_aa, _ab, ... (15 MiB each)
+#     (several variants: fetch cot no_cot; PARTS=no_cot.tar.part_ad,... sends only those files; each
+#      variant's sha256 list comes back too)
+#   VARIANTS="cot" trains only CoT (default "cot no_cot"); TRAIN_ACT=0 skips ACT and its wheels
 #     here: mkdir -p ckpt/cot && cat <files_at>/cot.tar.part_* | tar -x -C ckpt/cot
 #
 # Run folders land in $PE_OUT (default /tmp/pe); logs, metrics, bench_train.json and the merged eval
@@ -42,7 +45,7 @@ install_wheels() {  # lerobot + av (ACT) and draccus' pure-python needs, once pe
 train_all() {  # $1 = run folder; the rest go to bench.policy_embedded train (steps, batch, ...)
   local dir=$1 i=0 v
   shift
-  for v in cot no_cot; do
+  for v in ${VARIANTS:-cot no_cot}; do
     local tok=()
     [ $v = cot ] && [ -n "${TOKENIZER:-}" ] && tok=(--tokenizer_path="$TOKENIZER")
     CUDA_VISIBLE_DEVICES=$((i % ngpu)) timeout "${TRAIN_TIMEOUT:-560}" python3 -m bench.policy_embedded train \
@@ -82,7 +85,8 @@ case $stage in
     ls /tmp/probe/cot/tokenizer/tokenizer
     ;;
   train)
-    [ -d /tmp/site/lerobot ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    [ "${TRAIN_ACT:-1}" = 0 ] && [ -d /tmp/site/draccus ] \
+      || [ -d /tmp/site/lerobot ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
       --upgrade --target /tmp/site .whl/act/*.whl || exit 1  # it holds draccus and its needs too
     export PYTHONPATH=/tmp/site:$PWD
     export STEPS=$(printf '%s\n' "$@" | sed -n 's/^--steps=//p') BATCH=$(printf '%s\n' "$@" | sed -n 's/^--batch_size=//p')
@@ -95,11 +99,18 @@ case $stage in
     run_eval_shards
     ;;
   fetch)
-    v=${1:?usage: policy_embedded_device.sh fetch cot|no_cot|lerobot_act}
-    [ -d "$(ckpt "$v")" ] || { echo "no checkpoint $(ckpt "$v") on this machine" >&2; exit 1; }
-    tar -C "$(ckpt "$v")" -cf - . | split -b 15M - "$OUT/$v.tar.part_"
-    n=$(ls "$OUT/$v".tar.part_* | wc -l)
-    [ "$n" -le 8 ] || echo "warning: $n parts; \$OUT returns 8 files a call" >&2
+    [ $# -ge 1 ] || { echo "usage: policy_embedded_device.sh fetch cot|no_cot|lerobot_act [...] (PARTS=aa,ab,... a subset)" >&2; exit 2; }
+    for v in "$@"; do
+      [ -d "$(ckpt "$v")" ] || { echo "no checkpoint $(ckpt "$v") on this machine" >&2; exit 1; }
+      mkdir -p "$PE_OUT/parts"
+      tar -C "$(ckpt "$v")" -cf - . | split -b 15M - "$PE_OUT/parts/$v.tar.part_"
+      (cd "$PE_OUT/parts" && sha256sum "$v".tar.part_* >"$OUT/$v.sha256")
+    done
+    for f in "$PE_OUT"/parts/*.tar.part_*; do  # PARTS=cot.tar.part_aa,... picks the files of this call
+      [ -z "${PARTS:-}" ] || [[ ",$PARTS," == *",$(basename "$f"),"* ]] && cp "$f" "$OUT/"
+    done
+    n=$(ls "$OUT" | wc -l)
+    [ "$n" -le 8 ] || echo "warning: $n files in \$OUT; it returns 8 a call (use PARTS=)" >&2
     ls -la "$OUT"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
