@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -13,6 +14,17 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_flags(cfg: Any, argv: list[str]) -> Any:
+    """Set fields of the dataclass ``cfg`` from ``--field=value`` arguments (int/float/str by annotation)."""
+    types = {f.name: f.type for f in dataclasses.fields(cfg)}
+    for arg in argv:
+        key, _, val = arg.lstrip("-").partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown option --{key}; options: {sorted(types)}")
+        setattr(cfg, key, {"int": int, "float": float}.get(str(types[key]), str)(val))
+    return cfg
 
 
 def git_commit() -> str:

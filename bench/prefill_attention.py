@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import device_name, write_results
+from bench.common import device_name, parse_flags, write_results
 from kernels.block_sparse_attention.index import BlockIndex, index_to_mask, mask_to_index, visible_blocks
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
 from kernels.testing import needles_kept, rel_rms, structured_qkv
@@ -59,14 +59,7 @@ class PrefillBenchConfig:
 
 
 def _parse(argv: list[str]) -> PrefillBenchConfig:
-    cfg = PrefillBenchConfig()
-    types = {f.name: f.type for f in dataclasses.fields(cfg)}
-    for arg in argv:
-        key, _, val = arg.lstrip("-").partition("=")
-        if key not in types:
-            raise SystemExit(f"unknown option --{key}; options: {sorted(types)}")
-        setattr(cfg, key, {"int": int, "float": float}.get(str(types[key]), str)(val))
-    return cfg
+    return parse_flags(PrefillBenchConfig(), argv)
 
 
 def timed(fn, reps: int, warmup: int = 1) -> float:

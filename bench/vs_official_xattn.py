@@ -45,7 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import device_name, write_results  # noqa: E402
+from bench.common import device_name, parse_flags, write_results  # noqa: E402
 from bench.prefill_attention import timed  # noqa: E402
 from kernels.block_sparse_attention.index import index_to_mask, mask_to_index, visible_blocks  # noqa: E402
 from kernels.block_sparse_attention.op import block_sparse_attn  # noqa: E402
@@ -96,14 +96,7 @@ class OfficialMissingError(RuntimeError):
 
 
 def parse_args(argv: list[str]) -> VsOfficialConfig:
-    cfg = VsOfficialConfig()
-    types = {f.name: f.type for f in dataclasses.fields(cfg)}
-    for arg in argv:
-        key, _, val = arg.lstrip("-").partition("=")
-        if key not in types:
-            raise SystemExit(f"unknown option --{key}; options: {sorted(types)}")
-        setattr(cfg, key, {"int": int, "float": float}.get(str(types[key]), str)(val))
-    return cfg
+    return parse_flags(VsOfficialConfig(), argv)
 
 
 def load_official(official_dir: str | Path):

@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import statistics
 import sys
 
 import torch
 import triton
+import triton.testing
 
 from kernels.block_sparse_attention.index import mask_to_index
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
@@ -26,18 +26,8 @@ from kernels.xattention.triton_fwd import to_fp8_e4m3, xattn_score_fwd, xattn_se
 H, D, BS = 32, 128, 128
 
 
-def _ms(fn, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+def _ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=5, rep=50, return_mode="median")
 
 
 def _density_index(n: int, t: int, density: float):

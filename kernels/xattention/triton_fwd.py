@@ -28,6 +28,51 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _score_tile_done(
+    acc,
+    m_i,
+    l_i,
+    rows,
+    start,
+    lse_base,
+    qk_scale,
+    T_K,
+    off,
+    N_ROWS,
+    N_KB,
+    STRIDE: tl.constexpr,
+    R: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One finished (rows × BLOCK_N columns) score tile: mask, online softmax, per-block log-sum-exp store."""
+    cols = start + tl.arange(0, BLOCK_N)
+    keep = cols[None, :] * STRIDE < T_K
+    if CAUSAL:
+        keep = keep & (cols[None, :] * STRIDE <= rows[:, None] * STRIDE + off)
+    sc = tl.where(keep, acc * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(sc, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(sc - m_use[:, None])
+    l_i = l_i * tl.math.exp2(m_i - m_use) + tl.sum(p, 1)
+    NB: tl.constexpr = BLOCK_N // R
+    bsum = tl.sum(tl.reshape(p, [BLOCK_M, NB, R]), axis=2)
+    lse = tl.math.log2(bsum) + m_use[:, None]
+    kb = start // R + tl.arange(0, NB)
+    tl.store(lse_base + kb[None, :], lse, mask=(kb[None, :] < N_KB) & (rows[:, None] < N_ROWS))
+    return m_new, l_i
+
+
+@triton.jit
+def _score_rows_done(m_i, l_i, rows, row_ok, LSE_R, pid_bh, N_ROWS):
+    """Each row's total log-sum-exp (``inf`` for rows past Tq, so they contribute no mass)."""
+    row_lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("inf"))
+    row_lse = tl.where(row_ok, row_lse, float("inf"))
+    tl.store(LSE_R + pid_bh.to(tl.int64) * N_ROWS + rows, row_lse, mask=rows < N_ROWS)
+
+
+@triton.jit
 def _xattn_score_fwd_kernel(
     Q,
     K,
@@ -72,7 +117,6 @@ def _xattn_score_fwd_kernel(
         n_cols = tl.minimum(n_cols, (last_row * STRIDE + off) // STRIDE + 1)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    NB: tl.constexpr = BLOCK_N // R
     lse_base = LSE_RB + pid_bh.to(tl.int64) * N_ROWS * N_KB + rows[:, None].to(tl.int64) * N_KB
     for start in range(0, n_cols, BLOCK_N):
         cols = start + offs_n
@@ -87,22 +131,25 @@ def _xattn_score_fwd_kernel(
                 k_base + tk[None, :] * stride_kt + offs_d[:, None], mask=tk[None, :] < T_K, other=0.0
             )
             acc = tl.dot(qs, ks, acc)
-        keep = cols[None, :] * STRIDE < T_K
-        if CAUSAL:
-            keep = keep & (cols[None, :] * STRIDE <= rows[:, None] * STRIDE + off)
-        sc = tl.where(keep, acc * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(sc - m_use[:, None])
-        l_i = l_i * tl.math.exp2(m_i - m_use) + tl.sum(p, 1)
-        m_i = m_new
-        bsum = tl.sum(tl.reshape(p, [BLOCK_M, NB, R]), axis=2)
-        lse = tl.math.log2(bsum) + m_use[:, None]
-        kb = start // R + tl.arange(0, NB)
-        tl.store(lse_base + kb[None, :], lse, mask=(kb[None, :] < N_KB) & (rows[:, None] < N_ROWS))
-    row_lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("inf"))
-    row_lse = tl.where(row_ok, row_lse, float("inf"))  # rows past Tq contribute no mass
-    tl.store(LSE_R + pid_bh.to(tl.int64) * N_ROWS + rows, row_lse, mask=rows < N_ROWS)
+        m_i, l_i = _score_tile_done(
+            acc,
+            m_i,
+            l_i,
+            rows,
+            start,
+            lse_base,
+            qk_scale,
+            T_K,
+            off,
+            N_ROWS,
+            N_KB,
+            STRIDE,
+            R,
+            CAUSAL,
+            BLOCK_M,
+            BLOCK_N,
+        )
+    _score_rows_done(m_i, l_i, rows, row_ok, LSE_R, pid_bh, N_ROWS)
 
 
 @triton.jit
@@ -153,7 +200,6 @@ def _xattn_score_tma_kernel(
     n_iter = tl.cdiv(n_cols, BLOCK_N) * STRIDE
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    NB: tl.constexpr = BLOCK_N // R
     lse_base = LSE_RB + pid_bh.to(tl.int64) * N_ROWS * N_KB + rows[:, None].to(tl.int64) * N_KB
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for it in tl.range(0, n_iter, warp_specialize=WARP_SPECIALIZE):
@@ -165,24 +211,26 @@ def _xattn_score_tma_kernel(
         ks = tl.reshape(ks, [BLOCK_N, HEAD_DIM])
         acc = tl.dot(qs, ks.T, acc)
         if s == STRIDE - 1:
-            cols = start + tl.arange(0, BLOCK_N)
-            keep = cols[None, :] * STRIDE < T_K
-            if CAUSAL:
-                keep = keep & (cols[None, :] * STRIDE <= rows[:, None] * STRIDE + off)
-            sc = tl.where(keep, acc * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(sc - m_use[:, None])
-            l_i = l_i * tl.math.exp2(m_i - m_use) + tl.sum(p, 1)
-            m_i = m_new
-            bsum = tl.sum(tl.reshape(p, [BLOCK_M, NB, R]), axis=2)
-            lse = tl.math.log2(bsum) + m_use[:, None]
-            kb = start // R + tl.arange(0, NB)
-            tl.store(lse_base + kb[None, :], lse, mask=(kb[None, :] < N_KB) & (rows[:, None] < N_ROWS))
+            m_i, l_i = _score_tile_done(
+                acc,
+                m_i,
+                l_i,
+                rows,
+                start,
+                lse_base,
+                qk_scale,
+                T_K,
+                off,
+                N_ROWS,
+                N_KB,
+                STRIDE,
+                R,
+                CAUSAL,
+                BLOCK_M,
+                BLOCK_N,
+            )
             acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    row_lse = tl.where(l_i > 0, m_i + tl.math.log2(l_i), float("inf"))
-    row_lse = tl.where(row_ok, row_lse, float("inf"))  # rows past Tq contribute no mass
-    tl.store(LSE_R + pid_bh.to(tl.int64) * N_ROWS + rows, row_lse, mask=rows < N_ROWS)
+    _score_rows_done(m_i, l_i, rows, row_ok, LSE_R, pid_bh, N_ROWS)
 
 
 @triton.jit
