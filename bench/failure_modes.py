@@ -11,7 +11,9 @@ by the furthest milestone it reached:
 * ``lifted``: the cube was lifted (the expert's own check: centre > table + half size + 2.5 cm);
 * ``success``: the task's success predicate held.
 
-It also records the step of each milestone and the closest horizontal approach. Examples::
+It also records the step of each milestone, the closest horizontal approach, and which cube the
+gripper came closest to while low (within 8 cm above it): a policy that ignores the instruction
+goes for the wrong cube. Examples::
 
     python -m bench.failure_modes --policy=outputs/gpu_ckpt_s4/ckpt/cot --tasks=put_red_cube_on_plate
     python -m bench.failure_modes --policy=<ckpt> --episodes=20 --init_split=train
@@ -68,6 +70,8 @@ def run_episode(
     half = float(p0["objects"]["cube_half"])
     table = float(p0["table_height"])
     first: dict[str, int] = {}
+    cubes = [name for name in ("red", "green", "blue") if name in p0["objects"]]
+    min_xy_each = dict.fromkeys(cubes, float("inf"))  # low passes only: eef within near_dz + 5 cm of a cube
     min_xy = float("inf")
     steps = 0
     for t in range(max_steps):
@@ -76,6 +80,10 @@ def run_episode(
         c = np.asarray(p["objects"][cube]["pos"], dtype=float)
         xy = float(np.linalg.norm(np.asarray(p["eef_pos"][:2]) - c[:2]))
         min_xy = min(min_xy, xy)
+        for name in cubes:
+            o = np.asarray(p["objects"][name]["pos"], dtype=float)
+            if p["eef_pos"][2] < o[2] + near_dz + 0.05:
+                min_xy_each[name] = min(min_xy_each[name], float(np.linalg.norm(p["eef_pos"][:2] - o[:2])))
         near = xy < near_xy and p["eef_pos"][2] < c[2] + near_dz
         if near:
             first.setdefault("reached", t)
@@ -99,6 +107,10 @@ def run_episode(
         "furthest": reached,
         "first_step": first,
         "min_xy_to_cube_m": round(min_xy, 4),
+        "min_low_xy_to_each_cube_m": {k: round(v, 4) for k, v in min_xy_each.items()},
+        "closest_low_cube": min(low, key=low.get)
+        if (low := {k: v for k, v in min_xy_each.items() if v < np.inf})
+        else None,
     }
 
 

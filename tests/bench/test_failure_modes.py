@@ -21,6 +21,7 @@ def test_expert_reaches_every_milestone_in_order(tmp_path):
     first = ep["first_step"]
     assert first["reached"] <= first["closed"] < first["lifted"] < first["success"]
     assert ep["min_xy_to_cube_m"] < 0.02
+    assert ep["closest_low_cube"] == "red"
     assert doc["summary"] == {
         "put_red_cube_on_plate": {"none": 0, "reached": 0, "closed": 0, "lifted": 0, "success": 1}
     }
@@ -55,6 +56,7 @@ def test_an_arm_that_never_moves_reaches_nothing():
     assert ep["first_step"] == {}
     assert ep["steps"] == 20
     assert ep["min_xy_to_cube_m"] > 0.02
+    assert ep["closest_low_cube"] is None  # it never came down near any cube
 
 
 def test_clear_errors():
