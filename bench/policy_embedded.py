@@ -84,6 +84,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--max_minutes={args.max_minutes}")
     if args.resume:
         overrides.append("--resume=true")
+    if args.film_dim is not None:
+        overrides.append(f"--policy.vision.film_dim={args.film_dim}")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
@@ -96,6 +98,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         "batch_size": cfg.batch_size,
         "lr": cfg.optim.lr,
         "image_shift": cfg.image_shift,
+        "film_dim": getattr(cfg.policy.vision, "film_dim", 0),
         "tokenizer_path": args.tokenizer_path,
         "train_config": args.train_config,
         "data": args.windows or args.dataset_root,
@@ -195,6 +198,9 @@ def main() -> None:
     ap.add_argument("--max_minutes", type=float, default=0.0, help="stop with a checkpoint after this long")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     ap.add_argument("--lr", type=float, default=0.0, help="override optim.lr (0 keeps the config's)")
+    ap.add_argument(
+        "--film_dim", type=int, default=None, help="policy.vision.film_dim (384: FiLM on the instruction)"
+    )
     ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--suite", default="embedded_goal")

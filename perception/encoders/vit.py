@@ -35,6 +35,13 @@ class ViTEncoder(VisionEncoder):
             global_pool="",
             dynamic_img_size=False,
         )
+        # FiLM after every block, zero-initialised: at the start the encoder ignores the condition.
+        self.film = torch.nn.ModuleList(
+            torch.nn.Linear(cfg.film_dim, 2 * cfg.embed_dim) for _ in range(cfg.depth if cfg.film_dim else 0)
+        )
+        for lin in self.film:
+            torch.nn.init.zeros_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -53,6 +60,11 @@ class ViTEncoder(VisionEncoder):
     def image_size(self) -> int:
         return self.cfg.image_size
 
+    @property
+    @override
+    def cond_dim(self) -> int:
+        return self.cfg.film_dim
+
     @override
     def get_transform(self) -> Callable[[Tensor], Tensor]:
         size = self.cfg.image_size
@@ -67,10 +79,24 @@ class ViTEncoder(VisionEncoder):
         return transform
 
     @override
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
         s = self.cfg.image_size
         if images.dim() != 4 or images.shape[1:] != (3, s, s):
             raise ValueError(
                 f"ViTEncoder expects (B, 3, {s}, {s}) preprocessed images, got {tuple(images.shape)}"
             )
-        return self.vit.forward_features(images)  # (B, num_patches, embed_dim)
+        if not self.film:
+            if cond is not None:
+                raise ValueError("this ViTEncoder has film_dim=0 and takes no condition; set film_dim")
+            return self.vit.forward_features(images)  # (B, num_patches, embed_dim)
+        if cond is None or cond.shape != (images.shape[0], self.cfg.film_dim):
+            got = None if cond is None else tuple(cond.shape)
+            raise ValueError(
+                f"ViTEncoder with film_dim={self.cfg.film_dim} needs cond (B, film_dim), got {got}"
+            )
+        v = self.vit
+        x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(images))))
+        for block, film in zip(v.blocks, self.film, strict=True):
+            gamma, beta = film(cond.to(x.dtype)).chunk(2, dim=-1)
+            x = block(x) * (1 + gamma[:, None]) + beta[:, None]
+        return v.norm(x)

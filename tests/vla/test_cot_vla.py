@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import vla
+from perception import ViTEncoderConfig
 from tests.utils import require_cuda
 from vla.configs import CotVlaConfig, PolicyConfig, get_policy_config_class
 from vla.policies.cot_vla.modeling_cot_vla import Layout
@@ -23,6 +24,12 @@ VARIANTS = {
     "nocot-discrete": {"use_cot": False},
     "nocot-continuous": {"use_cot": False, "action_head": "continuous"},
     "cot-parallel": {"subgoal_decoding": "parallel"},
+    # FiLM: the pooled instruction conditions the vision encoder (384 = the MiniLM feature width)
+    "cot-film": {
+        "vision": ViTEncoderConfig(
+            image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=2, film_dim=384
+        )
+    },
 }
 
 
@@ -139,7 +146,7 @@ def test_kv_cache_decoding_equals_full_recomputation(head):
     torch.testing.assert_close(fast["actions"], slow["actions"], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["cot-discrete", "nocot-continuous"])
+@pytest.mark.parametrize("variant", ["cot-discrete", "nocot-continuous", "cot-film"])
 def test_save_load_identical_outputs(variant, tmp_path):
     torch.manual_seed(0)
     ckpt = vla.make_tiny_checkpoint(tmp_path / "ckpt", seed=3, **VARIANTS[variant])
@@ -353,3 +360,36 @@ def test_parallel_decoding_cache_equals_recompute(threshold):
         assert steps == n  # nothing above threshold: exactly one code per pass
     else:
         assert 1 <= steps <= n
+
+
+def test_film_makes_the_visual_tokens_depend_on_the_instruction():
+    torch.manual_seed(0)
+    cfg = get_policy_config_class("cot_vla").tiny(**VARIANTS["cot-film"])
+    policy = cfg.build()
+    for lin in policy.vision.film:  # trained FiLM weights are nonzero; zero-init starts as identity
+        torch.nn.init.normal_(lin.weight, std=0.05)
+    batch = cfg.fake_batch(1)
+    lay = policy.layout
+    vis = slice(lay.n_text + 1, lay.n_text + 1 + lay.n_vis)
+
+    def visual_tokens(task):
+        prefix, _ = policy.embed_prefix({**batch, "task": [task]})
+        return prefix[:, vis]
+
+    red, green = (
+        visual_tokens("put the red cube on the plate"),
+        visual_tokens("put the green cube on the plate"),
+    )
+    assert (red - green).abs().amax() > 1e-4
+    plain = get_policy_config_class("cot_vla").tiny().build()
+    p1, _ = plain.embed_prefix({**batch, "task": ["put the red cube on the plate"]})
+    p2, _ = plain.embed_prefix({**batch, "task": ["put the green cube on the plate"]})
+    torch.testing.assert_close(
+        p1[:, vis], p2[:, vis]
+    )  # without FiLM the visual tokens ignore the instruction
+    with pytest.raises(ValueError, match="film_dim=384"):
+        get_policy_config_class("cot_vla").tiny(
+            vision=ViTEncoderConfig(
+                image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=2, film_dim=7
+            )
+        ).build()

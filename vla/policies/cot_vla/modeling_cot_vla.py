@@ -188,6 +188,11 @@ class CotVlaPolicy(Policy):
         self.config = cfg = config
         d = cfg.backbone.hidden_size
         self.vision = cfg.vision.build()
+        if self.vision.cond_dim not in (0, TEXT_DIM):
+            raise ValueError(
+                f"the vision encoder is conditioned on the pooled instruction ({TEXT_DIM} wide); "
+                f"its cond_dim is {self.vision.cond_dim}: set --policy.vision.film_dim={TEXT_DIM} or 0"
+            )
         self.vision_transform = self.vision.get_transform()
         self.vis_proj = nn.Linear(self.vision.embed_dim, d)
         self.cam_embed = nn.Parameter(torch.zeros(len(cfg.camera_keys), d))
@@ -298,7 +303,11 @@ class CotVlaPolicy(Policy):
             if key not in batch:
                 raise KeyError(f"batch has no camera {key!r}; the policy needs {cfg.camera_keys}")
             imgs.append(self.vision_transform(batch[key]))
-        feats = self.vision(torch.cat(imgs, 0))  # (n_cams*B, P, E): one encoder, batched over cameras
+        cond = None
+        if self.vision.cond_dim:  # FiLM: the mean of the instruction's valid token features, per camera image
+            w = text_valid.to(text.dtype)[..., None]
+            cond = ((text * w).sum(1) / w.sum(1).clamp_min(1.0)).repeat(len(imgs), 1)
+        feats = self.vision(torch.cat(imgs, 0), cond)  # (n_cams*B, P, E): one encoder, batched over cameras
         feats = self.vis_proj(feats).view(len(imgs), b, -1, self.cam_embed.shape[1])
         feats = feats + self.cam_embed[:, None, None, :]
         vis = feats.permute(1, 0, 2, 3).reshape(b, -1, feats.shape[-1])  # (B, n_cams*P, d)
