@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import numpy as np
 from sim.policies import ChunkExecutor, make_policy
 from sim.run_eval import episode_seed, resolve_tasks
 from sim.suites import make_env
+from vla.tokenizer.fsq import atomic_write_text
 
 MILESTONES = ("none", "reached", "closed", "lifted", "success")
 
@@ -123,14 +122,6 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the episodes, write ``failure_modes.json``, print a table; returns the document."""
     from tqdm import tqdm
@@ -173,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summarize(episodes),
         "episodes": episodes,
     }
-    _write_json(Path(args.out_dir) / "failure_modes.json", doc)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "failure_modes.json", json.dumps(doc, indent=1))
     print(f"{'task':32}" + "".join(f"{m:>9}" for m in MILESTONES))
     for task, counts in doc["summary"].items():
         print(f"{task:32}" + "".join(f"{counts[m]:>9}" for m in MILESTONES))

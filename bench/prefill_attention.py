@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import device_name, parse_flags, write_results
 from kernels.block_sparse_attention.index import BlockIndex, index_to_mask, mask_to_index, visible_blocks
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
-from kernels.testing import needles_kept, rel_rms, structured_qkv
+from kernels.testing import density_mask, needles_kept, rel_rms, structured_qkv
 from kernels.xattention.op import xattn_select
 from kernels.xattention.triton_fwd import xattn_score_fwd
 
@@ -82,17 +82,6 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
-
-
-def density_mask(h: int, n: int, density: float, gen: torch.Generator, device) -> torch.Tensor:
-    """Random causal block mask keeping ``density`` of each row's causal blocks, diagonal always kept."""
-    r = torch.rand(1, h, n, n, generator=gen, device=device)
-    tri = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    r = torch.where(tri, r, -1.0)
-    r.diagonal(dim1=-2, dim2=-1).fill_(2.0)
-    count = torch.clamp(torch.round(density * torch.arange(1, n + 1, device=device)), min=1)
-    rank = torch.argsort(torch.argsort(r, dim=-1, descending=True), dim=-1)
-    return rank < count[:, None]
 
 
 def causal_density(index: BlockIndex, n: int) -> float:

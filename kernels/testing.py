@@ -164,3 +164,14 @@ def needles_kept(needles: list[Needle], block_mask: Tensor, block_size: int) -> 
         sub = block_mask[nd.batch, nd.head][qbs][:, kbs]
         kept += int(bool(sub.all()))
     return kept / len(needles)
+
+
+def density_mask(h: int, n: int, density: float, gen: torch.Generator, device) -> torch.Tensor:
+    """Random causal block mask keeping ``density`` of each row's causal blocks, diagonal always kept."""
+    r = torch.rand(1, h, n, n, generator=gen, device=device)
+    tri = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    r = torch.where(tri, r, -1.0)
+    r.diagonal(dim1=-2, dim2=-1).fill_(2.0)
+    count = torch.clamp(torch.round(density * torch.arange(1, n + 1, device=device)), min=1)
+    rank = torch.argsort(torch.argsort(r, dim=-1, descending=True), dim=-1)
+    return rank < count[:, None]

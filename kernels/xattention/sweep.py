@@ -20,7 +20,7 @@ import triton.testing
 
 from kernels.block_sparse_attention.index import mask_to_index
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
-from kernels.testing import structured_qkv
+from kernels.testing import density_mask, structured_qkv
 from kernels.xattention.triton_fwd import to_fp8_e4m3, xattn_score_fwd, xattn_select_fwd
 
 H, D, BS = 32, 128, 128
@@ -28,17 +28,6 @@ H, D, BS = 32, 128, 128
 
 def _ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=5, rep=50, return_mode="median")
-
-
-def _density_index(n: int, t: int, density: float):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = torch.rand(1, H, n, n, generator=g, device="cuda")
-    tri = torch.ones(n, n, dtype=torch.bool, device="cuda").tril()
-    r = torch.where(tri, r, -1.0)
-    r.diagonal(dim1=-2, dim2=-1).fill_(2.0)
-    count = torch.clamp(torch.round(density * torch.arange(1, n + 1, device="cuda")), min=1)
-    rank = torch.argsort(torch.argsort(r, dim=-1, descending=True), dim=-1)
-    return mask_to_index(rank < count[:, None], t, t, BS, causal=True)
 
 
 def main(argv: list[str]) -> None:
@@ -51,7 +40,8 @@ def main(argv: list[str]) -> None:
     rows: list[dict] = []
     scale = D**-0.5
     n = triton.cdiv(t, BS)
-    idx10 = _density_index(n, t, 0.1)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    idx10 = mask_to_index(density_mask(H, n, 0.1, gen, "cuda"), t, t, BS, causal=True)
     attn10 = _ms(
         functools.partial(block_sparse_attn_fwd, q, k, v, idx10, block_size=BS, scale=scale, causal=True)
     )

@@ -140,3 +140,16 @@ def test_bad_inputs_raise_clear_errors():
         block_sparse_attn(q, k, k, torch.ones(1, 2, 2, 2, dtype=torch.bool), block_size=64)
     with pytest.raises(ValueError, match="block_size 32"):
         block_sparse_attn(q, k, k, torch.ones(1, 2, 2, 2, dtype=torch.bool), block_size=32, impl="triton")
+
+
+def test_density_mask_keeps_the_asked_share_of_causal_blocks():
+    from kernels.testing import density_mask
+
+    n = 40
+    mask = density_mask(3, n, 0.25, torch.Generator().manual_seed(0), "cpu")
+    assert mask.shape == (1, 3, n, n)
+    assert not mask.triu(1).any(), "a block above the diagonal"
+    assert mask.diagonal(dim1=-2, dim2=-1).all(), "the diagonal block must be kept"
+    kept = mask.sum(-1).float()
+    want = torch.clamp(torch.round(0.25 * torch.arange(1, n + 1).float()), min=1)
+    assert torch.equal(kept, want.expand_as(kept))
