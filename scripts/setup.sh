@@ -31,11 +31,22 @@ fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [[ ! -f "$stamp" ]]; then
   echo "[setup] installing the stack into .venv (first time: several minutes, ~11 GB)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[libero,dev]"
+  # ~11 GB lands in .venv; pip also unpacks each wheel under $TMPDIR while installing it. No wheel
+  # cache (--no-cache-dir): it would keep a second, compressed copy of torch's CUDA wheels (~4 GB).
+  need_kb=$((12 * 1024 * 1024))
+  for dir in "$ROOT" "${TMPDIR:-/tmp}"; do
+    avail_kb=$(df -Pk "$dir" | awk 'NR==2 {print $4}')
+    if [[ -n "$avail_kb" && "$avail_kb" -lt "$need_kb" ]]; then
+      echo "[setup] warning: $dir has $((avail_kb / 1024 / 1024)) GiB free; installing needs ~12 GiB." >&2
+      echo "[setup] if pip stops with 'No space left on device', free space there (or point TMPDIR" >&2
+      echo "[setup] at a larger disk) and run this again: it picks up where it stopped." >&2
+    fi
+  done
+  .venv/bin/python -m pip install -q --no-cache-dir --upgrade pip
+  .venv/bin/python -m pip install -q --no-cache-dir -e ".[libero,dev]"
   # openpi-client (for the openpi-compatibility tests) declares numpy<2, which lerobot's stack
   # cannot meet; its code works with numpy 2, so it goes in without its declared pins.
-  .venv/bin/python -m pip install -q --no-deps "openpi-client==0.1.2"
+  .venv/bin/python -m pip install -q --no-cache-dir --no-deps "openpi-client==0.1.2"
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 
