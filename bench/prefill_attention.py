@@ -45,6 +45,7 @@ class PrefillBenchConfig:
     block_size: int = 128
     densities: str = "0.5,0.25,0.1,0.05"
     tau: float = 0.9
+    row_share: float = 0.1  # > 0: fp8 variants also run with the row rule (kernels/xattention/README.md)
     strides: str = "8,16"
     oracle_heads: int = 4
     sweep: int = 0  # 1: also time launch-config variants at the longest length
@@ -82,6 +83,15 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def xattn_key(row: dict) -> str:
+    """``xattn_<input>_s<stride>[_fp8][_rs<row_share>]``: one XAttention configuration."""
+    rs = row.get("row_share") or 0.0
+    return (
+        f"xattn_{row['input']}_s{row['stride']}{'_fp8' if row['fp8_scoring'] else ''}"
+        f"{f'_rs{rs:g}' if rs else ''}"
+    )
 
 
 def causal_density(index: BlockIndex, n: int) -> float:
@@ -210,13 +220,24 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
         impl="triton",
     )
     vis = visible_blocks(t, t, bs, True, dev)
+    variants = [(fp8, 0.0) for fp8 in (False, True)]
+    if cfg.row_share > 0:
+        variants.append((True, cfg.row_share))
     for stride in [int(s) for s in cfg.strides.split(",")]:
-        for fp8 in (False, True):
+        for fp8, rs in variants:
             sc = {"fp8": 1} if fp8 else {}
 
-            def select(sc=sc, stride=stride):
+            def select(sc=sc, stride=stride, rs=rs):
                 return xattn_select(
-                    q, k, stride=stride, tau=cfg.tau, block_size=bs, causal=True, impl="triton", config=sc
+                    q,
+                    k,
+                    stride=stride,
+                    tau=cfg.tau,
+                    block_size=bs,
+                    causal=True,
+                    impl="triton",
+                    config=sc,
+                    row_share=rs,
                 )
 
             def score_only(sc=sc, stride=stride):
@@ -234,6 +255,7 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
                         "seq_len": t,
                         "stride": stride,
                         "fp8_scoring": fp8,
+                        "row_share": rs,
                         "error": str(e)[:300],
                     }
                 )
@@ -252,6 +274,7 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
                 "stride": stride,
                 "fp8_scoring": fp8,
                 "tau": cfg.tau,
+                "row_share": rs,
                 "density": causal_density(index, n),
                 "scoring_ms": t_score,
                 "scoring_kernel_ms": t_score_kernel,
@@ -270,7 +293,7 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
                 row["half_streaming_attn_ms"] = timed(lambda index=index, ht=ht: ours(index, ht), reps)
                 row["half_streaming_rel_err_vs_dense"] = rel_rms(dense_out.float(), ours(index, ht).float())
             rows.append(row)
-            res[f"xattn_{name}_s{stride}{'_fp8' if fp8 else ''}"] = row
+            res[xattn_key(row)] = row
             log.info("T=%d %s", t, json.dumps(row))
     if sweep and name == "diffuse":
         for fp8 in (False, True):
@@ -408,15 +431,20 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
         dense = real_attention(q, k, v, causal=True)
         t_sdpa = timed(lambda q=q, k=k, v=v: real_attention(q, k, v, causal=True), 10)
         outside = mass_outside_window(q, k, sink=64, local=1024)
-        for stride in (4, 8, 16):
+        shares = (0.0, cfg.row_share) if cfg.row_share > 0 else (0.0,)
+        for stride, rs in [(st, rs) for st in (4, 8, 16) for rs in shares]:
 
-            def e2e(q=q, k=k, v=v, stride=stride):
-                index, _ = xattn_select(q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton")
+            def select(q=q, k=k, stride=stride, rs=rs):
+                return xattn_select(
+                    q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton", row_share=rs
+                )[0]
+
+            def e2e(q=q, k=k, v=v, select=select):
                 return block_sparse_attn_fwd(
-                    q, k, v, index, block_size=bs, scale=q.shape[-1] ** -0.5, causal=True
+                    q, k, v, select(), block_size=bs, scale=q.shape[-1] ** -0.5, causal=True
                 )
 
-            index, _ = xattn_select(q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton")
+            index = select()
             keep = index_to_mask(index, n) & vis
             row = {
                 "kind": "lm_xattn",
@@ -425,6 +453,7 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
                 "block_size": bs,
                 "stride": stride,
                 "tau": cfg.tau,
+                "row_share": rs,
                 "density": causal_density(index, n),
                 "mass_recall_vs_oracle": mass_recall(true_mass, keep),
                 "kept_true_mass_share": ((true_mass * keep).sum() / true_mass.sum()).item(),
@@ -435,7 +464,12 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
             }
             rows.append(row)
             log.info("LM %s", json.dumps(row))
-    lm = [r for r in rows if r["kind"] == "lm_xattn"]
+    lm_all = [r for r in rows if r["kind"] == "lm_xattn"]
+    lm = [r for r in lm_all if not r.get("row_share")]  # headline keys: XAttention's rule alone
+    with_rows = [r for r in lm_all if r.get("row_share")]
+    if with_rows:
+        res["lm_xattn_mass_recall_vs_oracle_row_share"] = min(r["mass_recall_vs_oracle"] for r in with_rows)
+        res["lm_xattn_density_mean_row_share"] = statistics.mean(r["density"] for r in with_rows)
     res["lm_xattn_mass_recall_vs_oracle"] = min(r["mass_recall_vs_oracle"] for r in lm)
     for stride in sorted({r["stride"] for r in lm}):
         of_s = [r for r in lm if r["stride"] == stride]
@@ -504,11 +538,8 @@ def main() -> None:
     top = per_len[max(lengths)]
     xrows = [r for r in rows if r["kind"] == "xattn" and "error" not in r]
 
-    def key_of(r: dict) -> str:
-        return f"xattn_{r['input']}_s{r['stride']}{'_fp8' if r['fp8_scoring'] else ''}"
-
     def of(key: str) -> list[dict]:
-        return [r for r in xrows if key_of(r) == key]
+        return [r for r in xrows if xattn_key(r) == key]
 
     def pick(name: str) -> str | None:
         keys = [key for key in top if key.startswith(f"xattn_{name}_")]
@@ -537,7 +568,12 @@ def main() -> None:
         (top[key]["scoring_share_of_10pct_attn"] for key in top if key.startswith("xattn_")), default=None
     )
     headline["xattn_mass_recall_vs_oracle"] = min(recalls) if recalls else None
-    headline["needles_kept"] = min(r["needles_kept"] for r in xrows) if xrows else None
+    # needles_kept: the configurations the headline picked (with the row rule where it ran);
+    # needles_kept_tau_only: every configuration without it (XAttention's rule alone).
+    picked = [r for name in ("diffuse", "peaked") if pick(name) for r in of(pick(name))]
+    headline["needles_kept"] = min(r["needles_kept"] for r in picked) if picked else None
+    tau_only = [r for r in xrows if not r.get("row_share")]
+    headline["needles_kept_tau_only"] = min(r["needles_kept"] for r in tau_only) if tau_only else None
     path = write_results(
         "prefill_attention",
         rows=rows,

@@ -26,6 +26,8 @@ class SparsePrefillConfig:
             streaming heads if any) or ``"streaming"`` (streaming heads, all other heads dense).
         min_len: prefills shorter than this stay dense.
         tau: XAttention's kept mass share per query-block row.
+        row_share: XAttention also keeps a block where one strided query row puts at least this
+            share of its mass (0 = the paper's rule alone; ``kernels/xattention/README.md``).
         stride: XAttention's antidiagonal stride (4, 8 or 16).
         block_size: sparse block size in tokens (64 or 128).
         streaming_heads: query heads that use sink + local windows (from
@@ -39,6 +41,7 @@ class SparsePrefillConfig:
     method: str = "dense"
     min_len: int = 8192
     tau: float = 0.9
+    row_share: float = 0.0
     stride: int = 8
     block_size: int = 128
     streaming_heads: list[int] = field(default_factory=list)
@@ -56,6 +59,8 @@ class SparsePrefillConfig:
             raise ValueError(f"SparsePrefillConfig.min_len must be >= 1, got {self.min_len}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"SparsePrefillConfig.tau must be in (0, 1], got {self.tau}")
+        if not 0.0 <= self.row_share <= 1.0:
+            raise ValueError(f"SparsePrefillConfig.row_share must be in [0, 1], got {self.row_share}")
         if self.stride not in (1, 2, 4, 8, 16) or self.block_size % self.stride:
             raise ValueError(
                 f"SparsePrefillConfig.stride must be 1/2/4/8/16 and divide block_size, got {self.stride}"
@@ -104,6 +109,7 @@ def _sparse_prefill(q: Tensor, k: Tensor, v: Tensor, cfg: SparsePrefillConfig, s
             local=cfg.local,
             fp8_scoring=cfg.fp8_scoring,
             impl=cfg.impl,
+            row_share=cfg.row_share,
         )
     n_qb, n_kb = -(-q.shape[1] // cfg.block_size), -(-k.shape[1] // cfg.block_size)
     full = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device).expand(

@@ -46,6 +46,7 @@ def xattn_select(
     return_mass: bool = False,
     impl: Literal["auto", "triton", "reference"] = "auto",
     config: dict[str, int] | None = None,
+    row_share: float = 0.0,
 ) -> tuple[BlockIndex, Tensor | None]:
     """Pick the key blocks each query block attends to (XAttention, ``README.md``).
 
@@ -60,6 +61,9 @@ def xattn_select(
         return_mass: also return the `(B, Hq, NQB, NKB)` block mass.
         impl: ``"auto"``, ``"triton"`` or ``"reference"``.
         config: scoring launch override ``{"block_m", "block_n", "num_warps", "num_stages"}``.
+        row_share: also keep a block when one reshaped query row (``stride`` queries) puts at least
+            this share of its estimated mass there, in [0, 1]; 0 (default) is XAttention's rule alone.
+            Catches needles that a 128-query block dilutes (``README.md``).
 
     Returns:
         ``(BlockIndex, mass or None)``: ascending kept-block lists for :func:`block_sparse_attn`.
@@ -74,6 +78,8 @@ def xattn_select(
         raise ValueError(f"block_size ({block_size}) must be a multiple of stride ({stride})")
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
+    if not 0.0 <= row_share <= 1.0:
+        raise ValueError(f"row_share must be in [0, 1], got {row_share}")
     if causal and q.shape[1] > k.shape[1]:
         raise ValueError(f"causal needs Tq <= Tk, got Tq={q.shape[1]}, Tk={k.shape[1]}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -82,7 +88,14 @@ def xattn_select(
     t_k = k.shape[1]
     if which == "reference":
         mask, mass = xattn_select_ref(
-            q, k, stride=stride, tau=tau, block_size=block_size, scale=scale, causal=causal
+            q,
+            k,
+            stride=stride,
+            tau=tau,
+            block_size=block_size,
+            scale=scale,
+            causal=causal,
+            row_share=row_share,
         )
         return mask_to_index(mask, t_q, t_k, block_size, causal=causal), (mass if return_mass else None)
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -102,6 +115,7 @@ def xattn_select(
         tau=tau,
         causal=causal,
         return_mass=return_mass,
+        row_share=row_share,
     )
 
 
@@ -120,6 +134,7 @@ def xattention_prefill(
     local: int = 4096,
     fp8_scoring: bool = False,
     impl: Literal["auto", "triton", "reference"] = "auto",
+    row_share: float = 0.0,
 ) -> Tensor:
     """XAttention prefill: select blocks, then block-sparse attention (streaming heads in the same launch).
 
@@ -137,6 +152,7 @@ def xattention_prefill(
         local: local window of streaming heads in tokens.
         fp8_scoring: score in float8 e4m3 on the Triton path (faster on Hopper; see README).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` for both stages.
+        row_share: row-level keep rule on top of τ (see :func:`xattn_select`).
 
     Returns:
         `(B, Tq, Hq, D)`.
@@ -151,6 +167,7 @@ def xattention_prefill(
         causal=causal,
         impl=impl,
         config={"fp8": 1} if fp8_scoring else None,
+        row_share=row_share,
     )
     return block_sparse_attn(
         q,

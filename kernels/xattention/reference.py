@@ -28,7 +28,8 @@ def antidiagonal_block_mass_ref(
     block_size: int = 128,
     scale: float | None = None,
     causal: bool = True,
-) -> Tensor:
+    return_row_max: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Block mass from antidiagonal scoring.
 
     Args:
@@ -40,8 +41,12 @@ def antidiagonal_block_mass_ref(
         causal: causal rule at stride granularity: column ``j`` is visible to row ``i`` iff
             ``jS <= iS + Tk - Tq``.
 
+        return_row_max: also return, per block pair, the largest share of one reshaped row's mass
+            that falls in the key block (the row-level signal ``row_share`` selects on).
+
     Returns:
-        `(B, Hq, NQB, NKB)` fp32; each valid reshaped row contributes a total mass of 1.
+        `(B, Hq, NQB, NKB)` fp32; each valid reshaped row contributes a total mass of 1. With
+        ``return_row_max``, ``(mass, row_max)``, both `(B, Hq, NQB, NKB)`.
     """
     if block_size % stride:
         raise ValueError(f"block_size ({block_size}) must be a multiple of stride ({stride})")
@@ -65,7 +70,9 @@ def antidiagonal_block_mass_ref(
     scores = scores.masked_fill(~allowed, -math.inf)
     p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     p = p * (rows * stride < t_q)[:, None].to(p.dtype)
-    return p.view(b, h_q, n_qb, r, n_kb, r).sum(dim=(3, 5))
+    per_row = p.view(b, h_q, n_qb, r, n_kb, r).sum(dim=5)  # (B, H, NQB, R, NKB)
+    mass = per_row.sum(dim=3)
+    return (mass, per_row.amax(dim=3)) if return_row_max else mass
 
 
 def forced_blocks(t_q: int, t_k: int, block_size: int, device: torch.device | str) -> Tensor:
@@ -80,7 +87,15 @@ def forced_blocks(t_q: int, t_k: int, block_size: int, device: torch.device | st
 
 
 def select_blocks_ref(
-    mass: Tensor, tau: float, *, t_q: int, t_k: int, block_size: int, causal: bool
+    mass: Tensor,
+    tau: float,
+    *,
+    t_q: int,
+    t_k: int,
+    block_size: int,
+    causal: bool,
+    row_max: Tensor | None = None,
+    row_share: float = 0.0,
 ) -> Tensor:
     """Threshold selection (XAttention ``find_blocks_chunked``) on `(B, H, NQB, NKB)` block mass.
 
@@ -88,11 +103,23 @@ def select_blocks_ref(
     in descending mass until the kept mass reaches ``tau`` × the row's total. Blocks tied with the
     last one added are kept too; zero-mass blocks are never added.
 
+    With ``row_share > 0`` (and ``row_max`` from :func:`antidiagonal_block_mass_ref`), a visible
+    block is also kept when one reshaped query row of the block puts at least ``row_share`` of its
+    mass there. The τ rule bounds the mass a query *block* loses; a few concentrated rows (a needle
+    of 16-64 queries inside a 128-query block) can still lose a key block that matters to them
+    alone, because the other rows dilute it.
+
     Returns:
         `(B, H, NQB, NKB)` bool block mask.
     """
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
+    if not 0.0 <= row_share <= 1.0:
+        raise ValueError(f"row_share must be in [0, 1], got {row_share}")
+    if row_share > 0 and row_max is None:
+        raise ValueError(
+            "row_share > 0 needs row_max (from antidiagonal_block_mass_ref(..., return_row_max=True))"
+        )
     from kernels.block_sparse_attention.index import visible_blocks
 
     dev = mass.device
@@ -106,7 +133,10 @@ def select_blocks_ref(
     n_add = ((excl < need) & (srt >= 0)).sum(-1, keepdim=True)
     cutoff = torch.gather(srt, -1, (n_add - 1).clamp_min(0))
     cutoff = torch.where(n_add > 0, cutoff, torch.full_like(cutoff, math.inf))
-    return forced | ((cand >= cutoff) & (cand > 0))
+    keep = forced | ((cand >= cutoff) & (cand > 0))
+    if row_share > 0:
+        keep = keep | (vis & (row_max >= row_share) & (row_max > 0))
+    return keep
 
 
 def xattn_select_ref(
@@ -118,8 +148,20 @@ def xattn_select_ref(
     block_size: int = 128,
     scale: float | None = None,
     causal: bool = True,
+    row_share: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Antidiagonal scoring then threshold selection. Returns ``(block_mask, block_mass)``."""
-    mass = antidiagonal_block_mass_ref(q, k, stride=stride, block_size=block_size, scale=scale, causal=causal)
-    mask = select_blocks_ref(mass, tau, t_q=q.shape[1], t_k=k.shape[1], block_size=block_size, causal=causal)
+    mass, row_max = antidiagonal_block_mass_ref(
+        q, k, stride=stride, block_size=block_size, scale=scale, causal=causal, return_row_max=True
+    )
+    mask = select_blocks_ref(
+        mass,
+        tau,
+        t_q=q.shape[1],
+        t_k=k.shape[1],
+        block_size=block_size,
+        causal=causal,
+        row_max=row_max,
+        row_share=row_share,
+    )
     return mask, mass

@@ -261,6 +261,7 @@ def _xattn_select_kernel(
     CNT,
     NFULL,
     tau,
+    row_share,
     T_Q,
     T_K,
     N_ROWS,
@@ -282,12 +283,15 @@ def _xattn_select_kernel(
     if CAUSAL:
         vis = vis & (kb * R * STRIDE <= last_row * STRIDE + off)
     mass = tl.zeros([NKB_P2], tl.float32)
+    row_max = tl.zeros([NKB_P2], tl.float32)
     base = LSE_RB + pid_bh.to(tl.int64) * N_ROWS * N_KB
     for r in range(0, R):
         row = qb * R + r
         lse_r = tl.load(LSE_R + pid_bh.to(tl.int64) * N_ROWS + row)
         x = tl.load(base + row.to(tl.int64) * N_KB + kb, mask=vis, other=float("-inf"))
-        mass += tl.math.exp2(x - lse_r)
+        p = tl.math.exp2(x - lse_r)
+        mass += p
+        row_max = tl.maximum(row_max, p)
     row_id = pid_bh.to(tl.int64) * N_QB + qb
     if WRITE_MASS:
         tl.store(MASS + row_id * N_KB + kb, mass, mask=kb < N_KB)
@@ -315,6 +319,8 @@ def _xattn_select_kernel(
         lo = tl.where(ok, lo, mid + 1)
     cutoff = tl.where(need > 0, hi.to(tl.float32, bitcast=True), float("inf"))
     keep = forced | ((cand >= cutoff) & (cand > 0) & tok_vis)
+    # row_share > 0: also any block where one reshaped row puts at least that share of its mass.
+    keep = keep | ((row_share > 0) & (row_max >= row_share) & (row_max > 0) & vis & tok_vis)
     keep_i = keep.to(tl.int32)
     pos = tl.cumsum(keep_i, 0) - 1
     tl.store(IDX + row_id * N_KB + pos, kb, mask=keep)
@@ -470,6 +476,7 @@ def xattn_select_fwd(
     tau: float,
     causal: bool,
     return_mass: bool = False,
+    row_share: float = 0.0,
 ) -> tuple[BlockIndex, Tensor | None]:
     """Finalize block mass and select blocks. Returns ``(BlockIndex, mass (B, H, NQB, NKB) or None)``."""
     r = block_size // stride
@@ -488,6 +495,7 @@ def xattn_select_fwd(
         cnt,
         n_full,
         float(tau),
+        float(row_share),
         t_q,
         t_k,
         n_qb * r,

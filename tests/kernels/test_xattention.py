@@ -9,7 +9,7 @@ from kernels.block_sparse_attention import block_sparse_attn_ref, index_to_mask
 from kernels.block_sparse_attention.index import visible_blocks
 from kernels.testing import assert_close, needles_kept, structured_qkv
 from kernels.xattention import antidiagonal_block_mass_ref, xattention_prefill, xattn_select, xattn_select_ref
-from kernels.xattention.reference import forced_blocks
+from kernels.xattention.reference import forced_blocks, select_blocks_ref
 from kernels.xattention.triton_fwd import xattn_score_fwd
 
 CASES = [
@@ -142,8 +142,73 @@ def test_threshold_search_equals_sorted_rule(tau, device):
         assert torch.equal(index_to_mask(index, 16).cpu(), ref_mask.cpu())
 
 
+def test_row_share_keeps_a_block_one_row_needs():
+    """Row 7's block mass is 0.90 on one far block, so the τ rule stops there; key block 2 holds
+    only 5 % of the block's mass but 40 % of one reshaped row's: row_share=0.3 keeps it, and only it."""
+    t, bs = 8 * 64, 64  # 8 query blocks, 8 key blocks
+    mass = torch.zeros(1, 1, 8, 8)
+    mass[0, 0, 7] = torch.tensor([0.01, 0.90, 0.05, 0.015, 0.005, 0.0, 0.01, 0.01])
+    row_max = torch.zeros(1, 1, 8, 8)
+    row_max[0, 0, 7] = torch.tensor([0.02, 0.95, 0.40, 0.05, 0.29, 0.0, 0.02, 0.02])
+    row_max[0, 0, 3, 5] = 0.9  # above the diagonal: never visible to query block 3
+    kw = dict(t_q=t, t_k=t, block_size=bs, causal=True)
+    plain = select_blocks_ref(mass, 0.9, **kw)
+    assert plain[0, 0, 7].tolist() == [True, True, False, False, False, False, False, True]
+    rows = select_blocks_ref(mass, 0.9, row_max=row_max, row_share=0.3, **kw)
+    assert rows[0, 0, 7].tolist() == [True, True, True, False, False, False, False, True]
+    assert not rows[0, 0, 3, 5].item()
+    assert torch.equal(rows[0, 0, :7], plain[0, 0, :7])
+    with pytest.raises(ValueError, match="needs row_max"):
+        select_blocks_ref(mass, 0.9, row_share=0.3, **kw)
+
+
+def test_row_share_keeps_needles_the_tau_rule_dilutes(device):
+    """Peaked input (strong sinks and local windows): 64-query needles inside 128-query blocks lose
+    a passage block under the τ rule alone; the row rule keeps every needle at little extra density."""
+    q, k, _, needles = structured_qkv(
+        1,
+        2048,
+        4,
+        4,
+        64,
+        device=device,
+        seed=6,
+        needle_len=64,
+        needles_per_head=2,
+        sink_logit=12.0,
+        local_logit=10.0,
+        needle_logit=14.0,
+    )
+    kw = dict(stride=8, tau=0.9, block_size=128, causal=True, impl="triton")
+    plain = index_to_mask(xattn_select(q, k, **kw)[0], 16).cpu()
+    rows = index_to_mask(xattn_select(q, k, row_share=0.1, **kw)[0], 16).cpu()
+    assert needles_kept(needles, plain, 128) < 1.0
+    assert needles_kept(needles, rows, 128) == 1.0
+    assert bool((rows >= plain).all())
+    vis = visible_blocks(2048, 2048, 128, True, "cpu")
+    density = rows.sum().item() / (4 * vis.sum().item())
+    assert rows.sum().item() <= 1.5 * plain.sum().item(), "the row rule should add few blocks"
+    assert density < 0.5, f"selection should stay sparse, density {density:.3f}"
+
+
+@pytest.mark.parametrize("row_share", [0.05, 0.2])
+def test_row_share_triton_equals_reference(row_share, device):
+    """The kernel's row rule keeps exactly the reference's blocks."""
+    for seed in range(2):
+        q, k, _, _ = structured_qkv(1, 1024, 2, 1, 64, device=device, seed=seed, needle_len=16)
+        index, _ = xattn_select(
+            q, k, stride=8, tau=0.9, block_size=64, causal=True, impl="triton", row_share=row_share
+        )
+        ref_mask, _ = xattn_select_ref(q, k, stride=8, tau=0.9, block_size=64, row_share=row_share)
+        plain, _ = xattn_select_ref(q, k, stride=8, tau=0.9, block_size=64)
+        assert torch.equal(index_to_mask(index, 16).cpu(), ref_mask.cpu())
+        assert bool((ref_mask >= plain).all())
+
+
 def test_bad_arguments():
     q = torch.randn(1, 64, 2, 64)
+    with pytest.raises(ValueError, match="row_share"):
+        xattn_select(q, q, block_size=64, row_share=1.5)
     with pytest.raises(ValueError, match="multiple of stride"):
         xattn_select(q, q, stride=3, block_size=64)
     with pytest.raises(ValueError, match="tau"):
