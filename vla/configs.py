@@ -63,6 +63,12 @@ class CotVlaConfig(PolicyConfig):
         num_bins: bins of the discrete head.
         text_max_tokens: instruction tokens (sentence embedding + MiniLM token states, padded).
         subgoal_loss_weight: weight of the subgoal-code cross-entropy.
+        aux_target_weight: weight of an auxiliary grounding loss; 0 (the default) builds no extra
+            parameters. Above 0, a linear head on the hidden state of the last prefix token (it has seen
+            the instruction, the state and every camera token, and nothing after them) predicts the
+            batch's ``target_pos`` (the named object's world xyz at the episode start, normalised by the
+            dataset's mean/std); its MSE is added to the loss times this weight. Training then needs a
+            windows folder with ``target_pos`` (``python -m sim.targets --windows=<folder>``).
         subgoal_decoding: ``ar`` (autoregressive, causal codes) or ``parallel`` (Fast-dLLM style: the code
             block is bidirectional, trained with a masked-token objective and decoded in a few steps,
             unmasking every code whose confidence exceeds ``parallel_threshold`` and at least one).
@@ -87,6 +93,7 @@ class CotVlaConfig(PolicyConfig):
     num_bins: int = 256
     text_max_tokens: int = 24
     subgoal_loss_weight: float = 1.0
+    aux_target_weight: float = 0.0
     subgoal_decoding: str = "ar"
     parallel_threshold: float = 0.9
     camera_keys: list[str] = field(default_factory=lambda: list(CAMERA_KEYS))
@@ -108,6 +115,8 @@ class CotVlaConfig(PolicyConfig):
             raise ValueError(f"subgoal_decoding must be 'ar' or 'parallel', got {self.subgoal_decoding!r}")
         if not 0.0 <= self.parallel_threshold <= 1.0:
             raise ValueError(f"parallel_threshold must be in [0, 1], got {self.parallel_threshold}")
+        if self.aux_target_weight < 0:
+            raise ValueError(f"aux_target_weight must be >= 0 (0 = off), got {self.aux_target_weight}")
         if self.num_bins < 2:
             raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
         if self.backbone.vocab_size != 0:

@@ -14,6 +14,8 @@ ACTION_IS_PAD = "action_is_pad"
 TASK = "task"
 # Training batches carry the subgoal frame (the agentview frame k steps ahead) under this key.
 SUBGOAL_IMAGE = "subgoal_image"
+# Optional auxiliary target: world xyz (m) of the object the instruction names, at the episode's start.
+TARGET_POS = "target_pos"
 
 CAMERA_KEYS: tuple[str, ...] = (OBS_AGENTVIEW, OBS_WRIST)
 STATE_DIM = 8

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vla.configs import CotVlaConfig
-from vla.constants import ACTION, ACTION_IS_PAD, OBS_AGENTVIEW, OBS_STATE, SUBGOAL_IMAGE, TASK
+from vla.constants import ACTION, ACTION_IS_PAD, OBS_AGENTVIEW, OBS_STATE, SUBGOAL_IMAGE, TARGET_POS, TASK
 from vla.normalize import NormStats
 
 
@@ -81,6 +81,7 @@ def _open_windows(cfg: DatasetConfig, policy: CotVlaConfig | None) -> Any:
             states=w.states[keep],
             episode_index=w.episode_index[keep],
             task_index=w.task_index[keep],
+            target_pos=w.target_pos[keep] if w.target_pos is not None else None,
         )
     if policy is None:
         return w
@@ -169,7 +170,8 @@ class PreloadedWindows(torch.utils.data.Dataset):
     """The windows of :func:`delta_timestamps`, built from frames decoded once into memory.
 
     Same items as the LeRobotDataset with delta timestamps (indices clamped to the episode, ``*_is_pad``
-    past its end), with camera frames resized to ``max(vision size, tokenizer size)``.
+    past its end), with camera frames resized to ``max(vision size, tokenizer size)``. Windows built from
+    a windows folder with ``target_pos`` carry it too (``target_pos`` is ``None`` otherwise).
     """
 
     def __init__(self, ds: Any, policy: CotVlaConfig) -> None:
@@ -200,6 +202,7 @@ class PreloadedWindows(torch.utils.data.Dataset):
             states=w.states.float(),
             tasks=[w.tasks[int(i)] for i in w.task_index.tolist()],
             frames={k: resize_uint8(w.frames[k], size) for k in policy.camera_keys},
+            target_pos=w.target_pos.float() if w.target_pos is not None else None,
         )
         return self
 
@@ -211,6 +214,7 @@ class PreloadedWindows(torch.utils.data.Dataset):
         states: Tensor,
         tasks: list[str],
         frames: dict[str, Tensor],
+        target_pos: Tensor | None = None,
     ) -> None:
         self.policy = policy
         self.ep_index = np.asarray(ep_index)
@@ -219,6 +223,7 @@ class PreloadedWindows(torch.utils.data.Dataset):
         self.ep_start = np.repeat(starts, ends - starts)
         self.ep_end = np.repeat(ends, ends - starts)
         self.actions, self.states, self.tasks, self.frames = actions, states, tasks, frames
+        self.target_pos = target_pos  # (N, 3) or None
 
     def __len__(self) -> int:
         return len(self.ep_index)
@@ -231,6 +236,8 @@ class PreloadedWindows(torch.utils.data.Dataset):
         """
         self.frames = {k: v.to(device) for k, v in self.frames.items()}
         self.actions, self.states = self.actions.to(device), self.states.to(device)
+        if self.target_pos is not None:
+            self.target_pos = self.target_pos.to(device)
         self._bounds = (
             torch.as_tensor(self.ep_start, device=device),
             torch.as_tensor(self.ep_end, device=device),
@@ -251,6 +258,8 @@ class PreloadedWindows(torch.utils.data.Dataset):
             ACTION_IS_PAD: steps >= e[:, None],
             TASK: [self.tasks[i] for i in idx.tolist()],
         }
+        if self.target_pos is not None:
+            batch[TARGET_POS] = self.target_pos[idx]
         for key, frames in self.frames.items():
             batch[key] = frames[idx].float() / 255
         if cfg.use_cot:
@@ -285,6 +294,8 @@ class PreloadedWindows(torch.utils.data.Dataset):
             ACTION_IS_PAD: torch.from_numpy(steps >= e),
             TASK: self.tasks[i],
         }
+        if self.target_pos is not None:
+            item[TARGET_POS] = self.target_pos[i]
         for key, frames in self.frames.items():
             item[key] = frames[i].float() / 255
         if cfg.use_cot:
@@ -296,9 +307,14 @@ class PreloadedWindows(torch.utils.data.Dataset):
 
 
 def compute_norm_stats(dataset: Any) -> NormStats:
-    """q01/q99 of actions and mean/std of states over the (selected) frames, read from the parquet columns."""
+    """q01/q99 of actions and mean/std of states (and of ``target_pos`` where present) over the frames."""
     if isinstance(getattr(dataset, "actions", None), Tensor):  # PreloadedWindows or vla.windows.Windows
-        return NormStats.from_arrays(dataset.actions.numpy(), dataset.states.numpy())
+        target = getattr(dataset, "target_pos", None)
+        return NormStats.from_arrays(
+            dataset.actions.cpu().numpy(),
+            dataset.states.cpu().numpy(),
+            target.cpu().numpy() if target is not None else None,
+        )
     hf = dataset.hf_dataset.with_format("numpy")
     actions = np.stack(list(hf[ACTION])).astype(np.float64)
     states = np.stack(list(hf[OBS_STATE])).astype(np.float64)
@@ -321,6 +337,8 @@ def to_policy_batch(raw: dict[str, Any], policy: CotVlaConfig, device: torch.dev
     batch[ACTION_IS_PAD] = raw.get(ACTION_IS_PAD, torch.zeros(batch[ACTION].shape[:2], dtype=torch.bool)).to(
         device
     )
+    if TARGET_POS in raw:
+        batch[TARGET_POS] = raw[TARGET_POS].to(device, non_blocking=True)
     return batch
 
 

@@ -1,7 +1,7 @@
-"""Atomic folder writes: build a folder beside its destination, then swap it into place.
+"""Atomic writes: build a folder (or file) beside its destination, then swap it into place.
 
 A reader (a server loading a checkpoint, a trainer opening a dataset) sees the old folder or the new
-one, never a half-written mix; a crash leaves the old folder and a ``.<name>.*`` temp folder.
+one, never a half-written mix; a crash leaves the old one in place.
 """
 
 from __future__ import annotations
@@ -36,4 +36,25 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp file path beside ``path``; on a clean exit it replaces ``path`` (mode 0644).
+
+    For writers that take a path (``safetensors.save_file``). On an exception the temp file is removed
+    and ``path`` is left as it was.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -3,8 +3,8 @@
 ``vla-export-windows`` reads a LeRobotDataset once and writes a folder::
 
     windows.safetensors   actions (N, A) f32, states (N, S) f32, episode_index (N,), task_index (N,),
-                          frame_index (N,); metadata: format, version, fps, tasks, cameras, image size,
-                          source dataset
+                          frame_index (N,); optional target_pos (N, 3) f32; metadata: format, version,
+                          fps, tasks, cameras, image size, source dataset
     <camera key>.mp4      every frame of that camera in dataset order, resized to ``size`` (H.264,
                           4:4:4, CRF 14), one frame per row of the arrays
 
@@ -16,6 +16,11 @@ windows as ``--dataset.preload=true`` on the LeRobotDataset (:class:`vla.data.Pr
 Video frames are read by decoding each source mp4 file once, front to back, and picking the frames
 whose timestamps the dataset's rows name; LeRobot's random-access decoder seeks per episode and is
 about 20x slower on these small AV1 files.
+
+``target_pos`` (optional) is an auxiliary training target per row: the world xyz of the object the
+instruction names, at the start of the row's episode. The simulator knows it, LeRobot does not, so it
+is added to an existing folder by ``python -m sim.targets --windows=<folder>`` (which calls
+:func:`write_target_pos`); folders without it load as before.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vla.fileio import atomic_dir
+from vla.constants import TARGET_POS
+from vla.fileio import atomic_dir, atomic_file
 
 FORMAT = "vla-windows"
 VERSION = 1
@@ -50,6 +56,7 @@ class Windows:
     tasks: list[str]  # task_index -> instruction
     fps: int
     source: str = ""
+    target_pos: Tensor | None = None  # (N, 3) float32, optional (see the module docstring)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -63,6 +70,8 @@ class Windows:
         ):
             if len(t) != n:
                 raise ValueError(f"windows: {name} has {len(t)} rows, actions has {n}")
+        if self.target_pos is not None:
+            _check_target_pos(self.target_pos, n)
         for key, f in self.frames.items():
             if f.dtype != torch.uint8 or f.dim() != 4 or len(f) != n:
                 raise ValueError(
@@ -204,6 +213,9 @@ def concat_windows(parts: list[Windows]) -> Windows:
         eps.append(ep + ep_off)
         ep_off += int(ep.max()) + 1 if len(ep) else 0
         tix.append(torch.as_tensor(remap, dtype=torch.int64)[w.task_index])
+    with_target = [w.target_pos is not None for w in parts]
+    if any(with_target) and not all(with_target):
+        raise ValueError(f"cannot join demo sets of which only some have target_pos: {with_target}")
     return Windows(
         frames={k: torch.cat([w.frames[k] for w in parts]) for k in keys},
         actions=torch.cat([w.actions for w in parts]),
@@ -213,6 +225,7 @@ def concat_windows(parts: list[Windows]) -> Windows:
         tasks=tasks,
         fps=parts[0].fps,
         source=" + ".join(w.source for w in parts),
+        target_pos=torch.cat([w.target_pos for w in parts]) if all(with_target) else None,
     )
 
 
@@ -262,18 +275,66 @@ def save_windows(w: Windows, out_dir: str | Path) -> Path:
         frame_index = (
             torch.arange(len(ep)) - torch.cummax(torch.where(starts, torch.arange(len(ep)), 0), 0).values
         )
-        save_file(
-            {
-                "actions": w.actions.contiguous(),
-                "states": w.states.contiguous(),
-                "episode_index": ep.contiguous(),
-                "task_index": w.task_index.contiguous(),
-                "frame_index": frame_index.contiguous(),
-            },
-            str(tmp / ARRAYS_FILE),
-            metadata=meta,
-        )
+        arrays = {
+            "actions": w.actions.contiguous(),
+            "states": w.states.contiguous(),
+            "episode_index": ep.contiguous(),
+            "task_index": w.task_index.contiguous(),
+            "frame_index": frame_index.contiguous(),
+        }
+        if w.target_pos is not None:
+            arrays[TARGET_POS] = w.target_pos.float().contiguous()
+        save_file(arrays, str(tmp / ARRAYS_FILE), metadata=meta)
     return out
+
+
+def _check_target_pos(target_pos: Tensor, n: int) -> None:
+    if target_pos.shape != (n, 3) or not target_pos.is_floating_point():
+        raise ValueError(
+            f"windows: target_pos must be float (N={n}, 3), got {target_pos.dtype} {tuple(target_pos.shape)}"
+        )
+    if not bool(torch.isfinite(target_pos).all()):
+        raise ValueError("windows: target_pos holds NaN or inf")
+
+
+def read_arrays(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The arrays and metadata of a windows folder, without decoding its videos."""
+    from safetensors import safe_open
+
+    root = Path(path)
+    arrays_path = root / ARRAYS_FILE
+    if not arrays_path.is_file():
+        raise FileNotFoundError(
+            f"{root} is not a windows folder (no {ARRAYS_FILE}); write one with "
+            "`vla-export-windows --dataset.root=<LeRobotDataset> --out=<folder>`"
+        )
+    with safe_open(str(arrays_path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{arrays_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        if int(meta.get("version", 0)) > VERSION:
+            raise ValueError(f"{arrays_path} is version {meta['version']}; this code reads up to {VERSION}")
+        arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    return arrays, meta
+
+
+def write_target_pos(path: str | Path, target_pos: Tensor | np.ndarray, note: str = "") -> Path:
+    """Add (or replace) ``target_pos`` `(N, 3)` in the windows folder ``path``; the videos are untouched.
+
+    The arrays file is rewritten through a temp file and a rename, so a reader sees the old file or the
+    new one. ``note`` (how the target was made) goes into the metadata as ``target_pos``.
+    """
+    from safetensors.torch import save_file
+
+    root = Path(path)
+    arrays, meta = read_arrays(root)
+    target = torch.as_tensor(np.asarray(target_pos, dtype=np.float32))
+    _check_target_pos(target, int(meta["num_frames"]))
+    arrays[TARGET_POS] = target.contiguous()
+    meta = {**meta, TARGET_POS: note or "world xyz of the named object at the episode start"}
+    with atomic_file(root / ARRAYS_FILE) as tmp:
+        save_file(arrays, str(tmp), metadata=meta)
+    return root
 
 
 def _read_video(path: Path) -> np.ndarray:
@@ -305,22 +366,8 @@ def _read_video(path: Path) -> np.ndarray:
 
 def load_windows(path: str | Path) -> Windows:
     """Load a folder written by :func:`save_windows` (or ``vla-export-windows``)."""
-    from safetensors import safe_open
-
     root = Path(path)
-    arrays_path = root / ARRAYS_FILE
-    if not arrays_path.is_file():
-        raise FileNotFoundError(
-            f"{root} is not a windows folder (no {ARRAYS_FILE}); write one with "
-            "`vla-export-windows --dataset.root=<LeRobotDataset> --out=<folder>`"
-        )
-    with safe_open(str(arrays_path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{arrays_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-        if int(meta.get("version", 0)) > VERSION:
-            raise ValueError(f"{arrays_path} is version {meta['version']}; this code reads up to {VERSION}")
-        arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    arrays, meta = read_arrays(root)
     n = int(meta["num_frames"])
     frames = {}
     for key, info in json.loads(meta["cameras"]).items():
@@ -339,6 +386,7 @@ def load_windows(path: str | Path) -> Windows:
         tasks=json.loads(meta["tasks"]),
         fps=int(meta["fps"]),
         source=meta.get("source", ""),
+        target_pos=arrays.get(TARGET_POS),
     )
 
 

@@ -169,6 +169,28 @@ def _prepare_tokenizer(cfg: TrainConfig) -> TrainConfig:
     )
 
 
+def _check_aux_target(cfg: TrainConfig, dataset: Any = None) -> None:
+    """With ``policy.aux_target_weight > 0`` the data must carry ``target_pos``; fail early and say how."""
+    if getattr(cfg.policy, "aux_target_weight", 0.0) <= 0:
+        return
+    how = (
+        f"policy.aux_target_weight={cfg.policy.aux_target_weight} needs a windows folder with target_pos: "
+        "export one (`vla-export-windows`), add the target (`python -m sim.targets --windows=<folder>`) "
+        "and pass --dataset.windows=<folder>; or set --policy.aux_target_weight=0"
+    )
+    if cfg.dataset.windows is None:
+        raise ValueError(f"{how} (this run reads a LeRobotDataset, which has no target_pos)")
+    if dataset is not None:
+        has = getattr(dataset, "target_pos", None) is not None
+    else:
+        from vla.constants import TARGET_POS
+        from vla.windows import read_arrays
+
+        has = TARGET_POS in read_arrays(cfg.dataset.windows)[0]
+    if not has:
+        raise ValueError(f"{how} ({cfg.dataset.windows} has none)")
+
+
 def _last_checkpoint(out: Path) -> Path | None:
     last = out / "checkpoints" / "last"
     return last.resolve() if last.exists() else None
@@ -194,6 +216,7 @@ def train_loop(
     out = Path(cfg.output_dir)
     device = resolve_device(cfg.device) if not ray_ctx else _ray_device(cfg)
     dataset = make_dataset(cfg.dataset, cfg.policy)
+    _check_aux_target(cfg, dataset)
     policy = cfg.policy.build()
     policy.set_normalization(compute_norm_stats(dataset))
     start_step = 0
@@ -310,6 +333,7 @@ def run(cfg: TrainConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and _last_checkpoint(out) is not None:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume=true or a new --output_dir")
+    _check_aux_target(cfg)
     cfg = _prepare_tokenizer(cfg)
     with open(out / "config.yaml", "w") as f:
         draccus.dump(cfg, f)

@@ -11,6 +11,11 @@ With ``use_cot=False`` the ``<boi> ... <eoi>`` block is absent (the ablation).
 
 The subgoal is generated greedily with the decoder's static KV cache: one prefill up to ``<boi>``,
 ``N - 1`` one-token decode steps, then one pass over ``[c_N, <eoi>, actions]``.
+
+With ``aux_target_weight > 0`` a linear head reads the last prefix token (the last camera token) and
+regresses the named object's start position (``target_pos``), a grounding signal for the instruction:
+that token is the one place whose causal context is exactly instruction + state + cameras, the same
+in training (teacher-forced codes) and at inference, and its last-layer output feeds no other loss.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing_extensions import override
 
 from vla.backbones.decoder import Decoder, init_weights, load_hf_decoder
 from vla.configs import CotVlaConfig
-from vla.constants import ACTION, ACTION_IS_PAD, OBS_STATE, SUBGOAL_IMAGE, TASK
+from vla.constants import ACTION, ACTION_IS_PAD, OBS_STATE, SUBGOAL_IMAGE, TARGET_POS, TASK
 from vla.language import TEXT_DIM, get_text_encoder
 from vla.normalize import (
     NormStats,
@@ -240,6 +245,10 @@ class CotVlaPolicy(Policy):
                     f"{cfg.tokenizer}; set policy.tokenizer to match (vla-train does this)"
                 )
             self.tokenizer.load_state_dict(tok.state_dict())
+        if cfg.aux_target_weight > 0:
+            # Built after every other module, so the rest initialises exactly as without it.
+            self.aux_target_head = nn.Linear(d, 3)
+            init_weights(self.aux_target_head)
         self.set_normalization(NormStats.identity(cfg.action_dim, cfg.state_dim))
         self.layout = Layout(
             cfg.text_max_tokens,
@@ -272,14 +281,24 @@ class CotVlaPolicy(Policy):
             ("state_std", stats.state_std),
         ):
             self.register_buffer(name, stats_tensor(vals).to(dev))
+        if hasattr(self, "aux_target_head"):  # identity until the data's statistics are installed
+            mean = stats.target_mean if stats.target_mean is not None else [0.0, 0.0, 0.0]
+            std = stats.target_std if stats.target_std is not None else [1.0, 1.0, 1.0]
+            if len(mean) != 3:
+                raise ValueError(f"target statistics are for {len(mean)} coordinates; target_pos has 3")
+            self.register_buffer("target_mean", stats_tensor(mean).to(dev))
+            self.register_buffer("target_std", stats_tensor(std).to(dev))
 
     def norm_stats(self) -> NormStats:
         """The installed statistics."""
+        aux = hasattr(self, "aux_target_head")
         return NormStats(
             self.action_q01.tolist(),
             self.action_q99.tolist(),
             self.state_mean.tolist(),
             self.state_std.tolist(),
+            target_mean=self.target_mean.tolist() if aux else None,
+            target_std=self.target_std.tolist() if aux else None,
         )
 
     # ---- embedding ----
@@ -390,8 +409,32 @@ class CotVlaPolicy(Policy):
         loss = loss + act_loss
         logs["action_loss"] = act_loss.item()
         logs["action_l1"] = (((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1)).item()
+        if cfg.aux_target_weight > 0:
+            if TARGET_POS not in batch:
+                raise KeyError(
+                    f"aux_target_weight={cfg.aux_target_weight} needs batch[{TARGET_POS!r}] (B, 3); "
+                    "add it to the windows folder with `python -m sim.targets --windows=<folder>`"
+                )
+            pred_t = self.aux_target_head(h[:, lay.prefix_len - 1]).float()  # (B, 3), normalised
+            goal_t = (batch[TARGET_POS].float() - self.target_mean) / self.target_std
+            aux_loss = F.mse_loss(pred_t, goal_t)
+            loss = loss + cfg.aux_target_weight * aux_loss
+            logs["aux_target_loss"] = aux_loss.item()
         logs["loss"] = loss.item()
         return loss, logs
+
+    @torch.no_grad()
+    def predict_target_pos(self, batch: dict[str, Any]) -> Tensor:
+        """The auxiliary head's estimate of ``target_pos`` `(B, 3)` in world units (one prefix pass).
+
+        The prefix is causal, so its hidden states are the ones the full training sequence computes.
+        """
+        if not hasattr(self, "aux_target_head"):
+            raise ValueError("this policy has no target head (it was built with aux_target_weight=0)")
+        prefix, valid = self.embed_prefix(batch)
+        n = self.layout.prefix_len
+        h = self.backbone(prefix, self._mask(valid, slice(0, n), n))
+        return self.aux_target_head(h[:, -1]).float() * self.target_std + self.target_mean
 
     # ---- inference ----
 
