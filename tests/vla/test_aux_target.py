@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vla.configs import CotVlaConfig
-from vla.constants import OBS_AGENTVIEW, OBS_WRIST, TARGET_POS
+from vla.constants import OBS_AGENTVIEW, OBS_STATE, OBS_WRIST, TARGET_POS
 from vla.data import DatasetConfig, compute_norm_stats, make_dataset
 from vla.normalize import TARGET_STD_FLOOR, NormStats
 from vla.windows import Windows, concat_windows, load_windows, save_windows, write_target_pos
@@ -159,6 +159,31 @@ def test_aux_loss_reads_the_prefix_token_and_normalises_by_the_stats():
     assert logs["aux_target_loss"] == pytest.approx(want, rel=1e-4)
     with pytest.raises(ValueError, match="no target head"):
         CotVlaConfig.tiny().build().predict_target_pos(batch)
+
+
+def test_far_only_counts_samples_whose_gripper_is_away_from_the_target():
+    """aux_target_far_cm: the loss averages only the samples with the end effector > X cm (xy) away."""
+    torch.manual_seed(0)
+    cfg = CotVlaConfig.tiny(aux_target_weight=1.0)
+    policy = cfg.build().eval()
+    policy.set_normalization(NormStats([-1.0] * 7, [1.0] * 7, [0.0] * 8, [1.0] * 8, [0.0] * 3, [0.05] * 3))
+    batch = _batch(cfg)
+    n = batch[TARGET_POS].shape[0]
+    assert n >= 2
+    batch[OBS_STATE] = batch[OBS_STATE].clone()
+    batch[OBS_STATE][0, :2] = batch[TARGET_POS][0, :2] + 0.01  # 1.4 cm away: near
+    batch[OBS_STATE][1:, :2] = batch[TARGET_POS][1:, :2] + 0.2  # 28 cm away: far
+    pred = (policy.predict_target_pos(batch) - 0.0) / 0.05
+    per = ((pred - batch[TARGET_POS] / 0.05) ** 2).mean(-1)
+    policy.config.aux_target_far_cm = 5.0
+    _, logs = policy(batch)
+    assert logs["aux_target_loss"] == pytest.approx(per[1:].mean().item(), rel=1e-4)
+    assert logs["aux_target_far_share"] == pytest.approx((n - 1) / n)
+    policy.config.aux_target_far_cm = 0.0
+    _, logs = policy(batch)
+    assert logs["aux_target_loss"] == pytest.approx(per.mean().item(), rel=1e-4)
+    with pytest.raises(ValueError, match="aux_target_far_cm"):
+        CotVlaConfig.tiny(aux_target_far_cm=-1.0)
 
 
 def test_missing_target_and_bad_weight_give_clear_errors():

@@ -416,8 +416,16 @@ class CotVlaPolicy(Policy):
                     "add it to the windows folder with `python -m sim.targets --windows=<folder>`"
                 )
             pred_t = self.aux_target_head(h[:, lay.prefix_len - 1]).float()  # (B, 3), normalised
-            goal_t = (batch[TARGET_POS].float() - self.target_mean) / self.target_std
-            aux_loss = F.mse_loss(pred_t, goal_t)
+            goal = batch[TARGET_POS].float()
+            goal_t = (goal - self.target_mean) / self.target_std
+            per_sample = (pred_t - goal_t).pow(2).mean(-1)
+            if cfg.aux_target_far_cm > 0:  # eef xy (state dims 0-1, world metres) still far from the target
+                gap = (batch[OBS_STATE][:, :2].float() - goal[:, :2]).norm(dim=-1)
+                far = gap > cfg.aux_target_far_cm / 100
+                aux_loss = (per_sample * far).sum() / far.sum().clamp_min(1)
+                logs["aux_target_far_share"] = far.float().mean().item()
+            else:
+                aux_loss = per_sample.mean()
             loss = loss + cfg.aux_target_weight * aux_loss
             logs["aux_target_loss"] = aux_loss.item()
         logs["loss"] = loss.item()
