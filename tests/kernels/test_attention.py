@@ -52,6 +52,38 @@ def test_long_prefill_routes_to_xattention(device):
     assert (low.float() - out.float()).abs().max() > 1e-3, "tau=0.3 should drop some blocks"
 
 
+def test_row_share_reaches_the_selection(device):
+    """SparsePrefillConfig.row_share is the selection's row rule: same output as xattention_prefill."""
+    from kernels.xattention import xattention_prefill
+
+    q, k, v, _ = structured_qkv(
+        1,
+        1024,
+        2,
+        2,
+        64,
+        dtype=torch.float16,
+        device=device,
+        seed=6,
+        needle_len=64,
+        needles_per_head=2,
+        sink_logit=12.0,
+        local_logit=10.0,
+        needle_logit=14.0,
+    )
+    outs = {}
+    for rs in (0.0, 0.05):
+        cfg = SparsePrefillConfig(
+            method="xattention", min_len=128, tau=0.9, block_size=128, stride=8, impl="triton", row_share=rs
+        )
+        outs[rs] = attention(q, k, v, sparse=cfg)
+        want = xattention_prefill(q, k, v, stride=8, tau=0.9, block_size=128, impl="triton", row_share=rs)
+        assert torch.equal(outs[rs], want)
+    dense = _dense(q, k, v).float()
+    err = {rs: ((o.float() - dense).norm() / dense.norm()).item() for rs, o in outs.items()}
+    assert err[0.05] < err[0.0], f"the row rule should bring the output closer to dense: {err}"
+
+
 def test_streaming_method_uses_windows(device):
     torch.manual_seed(3)
     q, k, v, _ = structured_qkv(1, 300, 2, 2, 64, dtype=torch.float32, device=device, seed=3, needle_len=16)
@@ -79,6 +111,7 @@ def test_streaming_method_uses_windows(device):
     [
         ({"method": "flash"}, "method"),
         ({"tau": 1.5}, "tau"),
+        ({"row_share": 1.5}, "row_share"),
         ({"stride": 3}, "stride"),
         ({"block_size": 96}, "block_size"),
         ({"method": "streaming"}, "streaming_heads"),
