@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import device_name, parse_flags, write_results
 from kernels.block_sparse_attention.index import BlockIndex, index_to_mask, mask_to_index, visible_blocks
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
-from kernels.testing import density_mask, needles_kept, rel_rms, structured_qkv
+from kernels.testing import PEAKED, density_mask, needles_kept, rel_rms, structured_qkv
 from kernels.xattention.op import xattn_select
 from kernels.xattention.triton_fwd import xattn_score_fwd
 
@@ -180,9 +180,7 @@ def run_length(t: int, cfg: PrefillBenchConfig, rows: list[dict], sweep: bool) -
         seed=cfg.seed + 1,
         needle_len=64,
         needles_per_head=2,
-        sink_logit=12.0,
-        local_logit=10.0,
-        needle_logit=14.0,
+        **PEAKED,
     )
     qp, kp, vp = (x.transpose(1, 2) for x in peaked[:3])
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):

@@ -30,14 +30,14 @@ from bench.common import device_name, parse_flags, write_results
 from bench.prefill_attention import mass_recall
 from kernels.block_sparse_attention import block_sparse_attn_ref
 from kernels.block_sparse_attention.index import index_to_mask, visible_blocks
-from kernels.testing import needles_kept, rel_rms, structured_qkv
+from kernels.testing import PEAKED, needles_kept, rel_rms, structured_qkv
 from kernels.xattention import xattn_select
 
 log = logging.getLogger("bench.xattn_selection")
 
 INPUTS = {
     "diffuse": {},
-    "peaked": {"sink_logit": 12.0, "local_logit": 10.0, "needle_logit": 14.0},
+    "peaked": PEAKED,
 }
 
 

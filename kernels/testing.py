@@ -55,6 +55,10 @@ class Needle:
     k_end: int
 
 
+# structured_qkv logits of the benchmarks' "peaked" input: strong sinks, local windows and needles.
+PEAKED = {"sink_logit": 12.0, "local_logit": 10.0, "needle_logit": 14.0}
+
+
 def structured_qkv(
     batch: int,
     seq_len: int,

@@ -7,7 +7,7 @@ import torch
 
 from kernels import SparsePrefillConfig, attention
 from kernels.block_sparse_attention import block_sparse_attn_ref
-from kernels.testing import assert_close, structured_qkv
+from kernels.testing import PEAKED, assert_close, structured_qkv
 
 
 def _dense(q, k, v):
@@ -67,9 +67,7 @@ def test_row_share_reaches_the_selection(device):
         seed=6,
         needle_len=64,
         needles_per_head=2,
-        sink_logit=12.0,
-        local_logit=10.0,
-        needle_logit=14.0,
+        **PEAKED,
     )
     outs = {}
     for rs in (0.0, 0.05):

@@ -12,7 +12,7 @@ from kernels.block_sparse_attention import (
     block_sparse_attn_ref,
     index_to_mask,
 )
-from kernels.testing import assert_close, needles_kept, rel_rms, structured_qkv
+from kernels.testing import PEAKED, assert_close, needles_kept, rel_rms, structured_qkv
 from kernels.xattention import antidiagonal_block_mass_ref, xattn_select, xattn_select_ref
 from tests.utils import require_cuda
 
@@ -80,9 +80,7 @@ def test_bf16_needles_kept_at_32k(device):
         seed=4,
         needle_len=64,
         needles_per_head=4,
-        sink_logit=12.0,
-        local_logit=10.0,
-        needle_logit=14.0,
+        **PEAKED,
     )
     for stride in (8, 16):
         index, _ = xattn_select(q, k, stride=stride, tau=0.9, block_size=128, impl="triton")

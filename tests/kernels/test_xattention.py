@@ -7,7 +7,7 @@ import torch
 
 from kernels.block_sparse_attention import block_sparse_attn_ref, index_to_mask
 from kernels.block_sparse_attention.index import visible_blocks
-from kernels.testing import assert_close, needles_kept, structured_qkv
+from kernels.testing import PEAKED, assert_close, needles_kept, structured_qkv
 from kernels.xattention import antidiagonal_block_mass_ref, xattention_prefill, xattn_select, xattn_select_ref
 from kernels.xattention.reference import forced_blocks, select_blocks_ref
 from kernels.xattention.triton_fwd import xattn_score_fwd
@@ -175,9 +175,7 @@ def test_row_share_keeps_needles_the_tau_rule_dilutes(device):
         seed=6,
         needle_len=64,
         needles_per_head=2,
-        sink_logit=12.0,
-        local_logit=10.0,
-        needle_logit=14.0,
+        **PEAKED,
     )
     kw = dict(stride=8, tau=0.9, block_size=128, causal=True, impl="triton")
     plain = index_to_mask(xattn_select(q, k, **kw)[0], 16).cpu()
