@@ -119,8 +119,12 @@ def roots_from_source(source: str) -> list[str]:
     return roots
 
 
-def window_targets(windows: str | Path, roots: list[str] | None = None) -> np.ndarray:
+def window_targets(
+    windows: str | Path, roots: list[str] | None = None, until_reach_cm: float = 0.0
+) -> np.ndarray:
     """``target_pos`` `(N, 3)` float32 for every row of a windows folder built from ``roots`` (in order).
+
+    With ``until_reach_cm > 0`` only the approach keeps a target (:func:`approach_only`; NaN after).
 
     Raises:
         ValueError: when the folder's episodes are not the reports' saved episodes (count, instruction,
@@ -155,17 +159,41 @@ def window_targets(windows: str | Path, roots: list[str] | None = None) -> np.nd
         if settled is not None and not np.allclose(states[s], settled[a["init_state"]], atol=_STATE_ATOL):
             raise ValueError(f"{label}: the first state is not the bank's settled state")
     per_ep = np.stack([attempt_target(suite, a) for suite, a in attempts])  # (E, 3)
-    return np.repeat(per_ep, lengths, axis=0).astype(np.float32)
+    target = np.repeat(per_ep, lengths, axis=0).astype(np.float32)
+    if until_reach_cm > 0:
+        target = approach_only(target, states, starts, lengths, until_reach_cm)
+    return target
 
 
-def add_window_targets(windows: str | Path, roots: list[str] | None = None) -> Path:
+def approach_only(
+    target: np.ndarray, states: np.ndarray, starts: np.ndarray, lengths: np.ndarray, reach_cm: float
+) -> np.ndarray:
+    """The targets of the approach only: NaN from an episode's first reach onwards.
+
+    The reach is the first frame at which the end effector (state dims 0-1, world m) is within
+    ``reach_cm`` of the target in the table plane. The rows left are the approach, where finding the
+    named object takes the instruction; later the arm's own position gives it away.
+    """
+    out = target.copy()
+    near = np.linalg.norm(states[:, :2] - target[:, :2], axis=1) <= reach_cm / 100
+    for s, n in zip(starts, lengths, strict=True):
+        hit = np.flatnonzero(near[s : s + n])
+        if len(hit):
+            out[s + hit[0] : s + n] = np.nan
+    return out
+
+
+def add_window_targets(
+    windows: str | Path, roots: list[str] | None = None, until_reach_cm: float = 0.0
+) -> Path:
     """Compute :func:`window_targets` and write them into the folder (``vla.windows.write_target_pos``)."""
     from vla.windows import write_target_pos
 
-    target = window_targets(windows, roots)
-    return write_target_pos(
-        windows, target, note="world xyz (m) of the named object at the episode start (sim.targets)"
-    )
+    target = window_targets(windows, roots, until_reach_cm)
+    note = "world xyz (m) of the named object at the episode start (sim.targets)"
+    if until_reach_cm > 0:
+        note += f"; NaN once the end effector is within {until_reach_cm:g} cm of it"
+    return write_target_pos(windows, target, note=note)
 
 
 @dataclass
@@ -176,10 +204,13 @@ class WindowTargetsConfig:
         windows: the windows folder (``vla-export-windows --out``).
         roots: the ``vla-collect`` folders it was exported from, comma-separated, in export order;
             empty = read them from the folder's metadata.
+        until_reach_cm: above 0, keep the target only for the approach: NaN (ignored by the loss)
+            from the first frame with the end effector within this distance of it.
     """
 
     windows: str = "data/windows/embedded_goal"
     roots: str | None = None
+    until_reach_cm: float = 0.0
 
 
 def main() -> None:
@@ -188,7 +219,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = draccus.parse(WindowTargetsConfig)
-    out = add_window_targets(cfg.windows, cfg.roots.split(",") if cfg.roots else None)
+    if cfg.until_reach_cm < 0:
+        raise SystemExit(f"--until_reach_cm must be >= 0, got {cfg.until_reach_cm}")
+    out = add_window_targets(cfg.windows, cfg.roots.split(",") if cfg.roots else None, cfg.until_reach_cm)
     logger.info("wrote target_pos into %s", out)
 
 

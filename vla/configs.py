@@ -69,9 +69,8 @@ class CotVlaConfig(PolicyConfig):
             batch's ``target_pos`` (the named object's world xyz at the episode start, normalised by the
             dataset's mean/std); its MSE is added to the loss times this weight. Training then needs a
             windows folder with ``target_pos`` (``python -m sim.targets --windows=<folder>``).
-        aux_target_far_cm: above 0, the auxiliary loss counts only samples whose end effector is farther
-            than this (in the table plane) from the target: the frames where finding the named object
-            needs the instruction, not the arm's own position. 0 counts every sample.
+            Rows whose target is NaN are left out of it (``--until_reach_cm`` there marks the frames after
+            the approach, where the arm's position gives the answer away).
         subgoal_decoding: ``ar`` (autoregressive, causal codes) or ``parallel`` (Fast-dLLM style: the code
             block is bidirectional, trained with a masked-token objective and decoded in a few steps,
             unmasking every code whose confidence exceeds ``parallel_threshold`` and at least one).
@@ -97,7 +96,6 @@ class CotVlaConfig(PolicyConfig):
     text_max_tokens: int = 24
     subgoal_loss_weight: float = 1.0
     aux_target_weight: float = 0.0
-    aux_target_far_cm: float = 0.0
     subgoal_decoding: str = "ar"
     parallel_threshold: float = 0.9
     camera_keys: list[str] = field(default_factory=lambda: list(CAMERA_KEYS))
@@ -121,8 +119,6 @@ class CotVlaConfig(PolicyConfig):
             raise ValueError(f"parallel_threshold must be in [0, 1], got {self.parallel_threshold}")
         if self.aux_target_weight < 0:
             raise ValueError(f"aux_target_weight must be >= 0 (0 = off), got {self.aux_target_weight}")
-        if self.aux_target_far_cm < 0:
-            raise ValueError(f"aux_target_far_cm must be >= 0 (0 = all), got {self.aux_target_far_cm}")
         if self.num_bins < 2:
             raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
         if self.backbone.vocab_size != 0:

@@ -68,8 +68,11 @@ class NormStats:
             targets = np.asarray(targets, dtype=np.float64)
             if targets.ndim != 2 or len(targets) != len(actions):
                 raise ValueError(f"expected (N={len(actions)}, 3) targets, got {targets.shape}")
-            tmean = targets.mean(0).tolist()
-            tstd = np.maximum(targets.std(0), TARGET_STD_FLOOR).tolist()
+            rows = targets[~np.isnan(targets).any(1)]  # NaN rows: frames without a target
+            if not len(rows):
+                raise ValueError("every target row is NaN: no frame has a target")
+            tmean = rows.mean(0).tolist()
+            tstd = np.maximum(rows.std(0), TARGET_STD_FLOOR).tolist()
         return cls(
             action_q01=np.quantile(actions, 0.01, axis=0).tolist(),
             action_q99=np.quantile(actions, 0.99, axis=0).tolist(),

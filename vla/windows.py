@@ -293,8 +293,11 @@ def _check_target_pos(target_pos: Tensor, n: int) -> None:
         raise ValueError(
             f"windows: target_pos must be float (N={n}, 3), got {target_pos.dtype} {tuple(target_pos.shape)}"
         )
-    if not bool(torch.isfinite(target_pos).all()):
-        raise ValueError("windows: target_pos holds NaN or inf")
+    if bool(torch.isinf(target_pos).any()):
+        raise ValueError("windows: target_pos holds inf")
+    nan = torch.isnan(target_pos)
+    if not bool((nan.all(-1) | ~nan.any(-1)).all()):
+        raise ValueError("windows: a target_pos row is partly NaN (a row is a target or all NaN: no target)")
 
 
 def read_arrays(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

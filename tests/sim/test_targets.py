@@ -133,3 +133,17 @@ def test_window_targets_are_the_named_cubes_start_positions(tmp_path, task_env):
         window_targets(save_windows(renamed, tmp_path / "renamed"), [str(root)])
     with pytest.raises(FileNotFoundError, match=r"collect_report\.json"):
         window_targets(d, [str(tmp_path)])
+
+
+def test_approach_only_clears_rows_from_the_first_reach():
+    from sim.targets import approach_only
+
+    target = np.repeat(np.array([[0.0, 0.0, 0.8], [0.1, 0.1, 0.8]]), [4, 3], axis=0)
+    states = np.zeros((7, 8))
+    states[:4, 0] = [0.3, 0.1, 0.02, 0.3]  # episode 0 reaches (2 cm) at its third frame, then leaves
+    states[4:, :2] = 0.5  # episode 1 never comes within 4 cm
+    out = approach_only(target, states, np.array([0, 4]), np.array([4, 3]), reach_cm=4.0)
+    assert np.isnan(out[2:4]).all()
+    np.testing.assert_array_equal(out[:2], target[:2])
+    np.testing.assert_array_equal(out[4:], target[4:])
+    assert not np.isnan(target).any()  # the input is left alone

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vla.configs import CotVlaConfig
-from vla.constants import OBS_AGENTVIEW, OBS_STATE, OBS_WRIST, TARGET_POS
+from vla.constants import OBS_AGENTVIEW, OBS_WRIST, TARGET_POS
 from vla.data import DatasetConfig, compute_norm_stats, make_dataset
 from vla.normalize import TARGET_STD_FLOOR, NormStats
 from vla.windows import Windows, concat_windows, load_windows, save_windows, write_target_pos
@@ -78,8 +78,14 @@ def test_write_target_pos_adds_the_field_atomically(plain_dir, tmp_path):
     np.testing.assert_array_equal(sub.target_pos.numpy(), target[7:])
     with pytest.raises(ValueError, match="target_pos must be float"):
         write_target_pos(d, target[:-1])
-    with pytest.raises(ValueError, match="NaN"):
-        write_target_pos(d, np.full_like(target, np.nan))
+    part = target.copy()
+    part[3, 1] = np.nan
+    with pytest.raises(ValueError, match="partly NaN"):
+        write_target_pos(d, part)
+    inf = target.copy()
+    inf[3] = np.inf
+    with pytest.raises(ValueError, match="inf"):
+        write_target_pos(d, inf)
     np.testing.assert_array_equal(load_windows(d).target_pos.numpy(), target)  # a refused write left it
 
 
@@ -104,6 +110,12 @@ def test_norm_stats_of_the_target():
     assert NormStats(**json.loads(json.dumps(s.to_dict()))) == s
     with pytest.raises(ValueError, match="both be given"):
         NormStats([0.0], [1.0], [0.0], [1.0], target_mean=[0.0, 0.0, 0.0])
+    holes = t.copy()
+    holes[::2] = np.nan  # frames without a target leave the statistics alone
+    s2 = NormStats.from_arrays(np.zeros((100, 7)), np.zeros((100, 8)), holes)
+    np.testing.assert_allclose(s2.target_mean, t[1::2].mean(0))
+    with pytest.raises(ValueError, match="every target row is NaN"):
+        NormStats.from_arrays(np.zeros((100, 7)), np.zeros((100, 8)), np.full((100, 3), np.nan))
 
 
 def _batch(cfg: CotVlaConfig, seed: int = 0) -> dict:
@@ -161,29 +173,26 @@ def test_aux_loss_reads_the_prefix_token_and_normalises_by_the_stats():
         CotVlaConfig.tiny().build().predict_target_pos(batch)
 
 
-def test_far_only_counts_samples_whose_gripper_is_away_from_the_target():
-    """aux_target_far_cm: the loss averages only the samples with the end effector > X cm (xy) away."""
+def test_rows_without_a_target_are_left_out_of_the_aux_loss():
+    """NaN target rows (frames after the approach, sim.targets --until_reach_cm) carry no loss."""
     torch.manual_seed(0)
     cfg = CotVlaConfig.tiny(aux_target_weight=1.0)
     policy = cfg.build().eval()
     policy.set_normalization(NormStats([-1.0] * 7, [1.0] * 7, [0.0] * 8, [1.0] * 8, [0.0] * 3, [0.05] * 3))
     batch = _batch(cfg)
-    n = batch[TARGET_POS].shape[0]
-    assert n >= 2
-    batch[OBS_STATE] = batch[OBS_STATE].clone()
-    batch[OBS_STATE][0, :2] = batch[TARGET_POS][0, :2] + 0.01  # 1.4 cm away: near
-    batch[OBS_STATE][1:, :2] = batch[TARGET_POS][1:, :2] + 0.2  # 28 cm away: far
-    pred = (policy.predict_target_pos(batch) - 0.0) / 0.05
-    per = ((pred - batch[TARGET_POS] / 0.05) ** 2).mean(-1)
-    policy.config.aux_target_far_cm = 5.0
-    _, logs = policy(batch)
-    assert logs["aux_target_loss"] == pytest.approx(per[1:].mean().item(), rel=1e-4)
-    assert logs["aux_target_far_share"] == pytest.approx((n - 1) / n)
-    policy.config.aux_target_far_cm = 0.0
+    per = ((policy.predict_target_pos(batch) - batch[TARGET_POS]) / 0.05).pow(2).mean(-1)
     _, logs = policy(batch)
     assert logs["aux_target_loss"] == pytest.approx(per.mean().item(), rel=1e-4)
-    with pytest.raises(ValueError, match="aux_target_far_cm"):
-        CotVlaConfig.tiny(aux_target_far_cm=-1.0)
+    assert logs["aux_target_share"] == 1.0
+    batch[TARGET_POS][0] = float("nan")
+    loss, logs = policy(batch)
+    assert torch.isfinite(loss)
+    assert logs["aux_target_loss"] == pytest.approx(per[1:].mean().item(), rel=1e-4)
+    assert logs["aux_target_share"] == pytest.approx(2 / 3)
+    batch[TARGET_POS][:] = float("nan")
+    loss, logs = policy(batch)
+    assert torch.isfinite(loss)
+    assert logs["aux_target_loss"] == 0.0
 
 
 def test_missing_target_and_bad_weight_give_clear_errors():

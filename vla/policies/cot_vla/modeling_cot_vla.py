@@ -417,15 +417,11 @@ class CotVlaPolicy(Policy):
                 )
             pred_t = self.aux_target_head(h[:, lay.prefix_len - 1]).float()  # (B, 3), normalised
             goal = batch[TARGET_POS].float()
-            goal_t = (goal - self.target_mean) / self.target_std
+            has = ~goal.isnan().any(-1)  # NaN rows carry no target (sim.targets --until_reach_cm)
+            goal_t = (goal.nan_to_num(0.0) - self.target_mean) / self.target_std
             per_sample = (pred_t - goal_t).pow(2).mean(-1)
-            if cfg.aux_target_far_cm > 0:  # eef xy (state dims 0-1, world metres) still far from the target
-                gap = (batch[OBS_STATE][:, :2].float() - goal[:, :2]).norm(dim=-1)
-                far = gap > cfg.aux_target_far_cm / 100
-                aux_loss = (per_sample * far).sum() / far.sum().clamp_min(1)
-                logs["aux_target_far_share"] = far.float().mean().item()
-            else:
-                aux_loss = per_sample.mean()
+            aux_loss = (per_sample * has).sum() / has.sum().clamp_min(1)
+            logs["aux_target_share"] = has.float().mean().item()
             loss = loss + cfg.aux_target_weight * aux_loss
             logs["aux_target_loss"] = aux_loss.item()
         logs["loss"] = loss.item()
