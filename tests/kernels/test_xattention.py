@@ -191,15 +191,15 @@ def test_row_share_keeps_needles_the_tau_rule_dilutes(device):
 
 @pytest.mark.parametrize("row_share", [0.05, 0.2])
 def test_row_share_triton_equals_reference(row_share, device):
-    """The kernel's row rule keeps exactly the reference's blocks."""
-    for seed in range(2):
-        q, k, _, _ = structured_qkv(1, 1024, 2, 1, 64, device=device, seed=seed, needle_len=16)
-        index, _ = xattn_select(
-            q, k, stride=8, tau=0.9, block_size=64, causal=True, impl="triton", row_share=row_share
-        )
-        ref_mask, _ = xattn_select_ref(q, k, stride=8, tau=0.9, block_size=64, row_share=row_share)
-        plain, _ = xattn_select_ref(q, k, stride=8, tau=0.9, block_size=64)
-        assert torch.equal(index_to_mask(index, 16).cpu(), ref_mask.cpu())
+    """The kernel's row rule keeps exactly the reference's blocks (ragged lengths, Tq < Tk too)."""
+    for seed, t_q, t_k in ((0, 1024, 1024), (1, 1000, 1000), (2, 600, 1000)):
+        q, k, _, _ = structured_qkv(1, t_k, 2, 1, 64, device=device, seed=seed, needle_len=16)
+        q = q[:, t_k - t_q :]
+        kw = dict(stride=8, tau=0.9, block_size=64, causal=True)
+        index, _ = xattn_select(q, k, **kw, impl="triton", row_share=row_share)
+        ref_mask, _ = xattn_select_ref(q, k, **kw, row_share=row_share)
+        plain, _ = xattn_select_ref(q, k, **kw)
+        assert torch.equal(index_to_mask(index, ref_mask.shape[-1]).cpu(), ref_mask.cpu())
         assert bool((ref_mask >= plain).all())
 
 
