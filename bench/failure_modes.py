@@ -36,7 +36,7 @@ import numpy as np
 from sim.policies import ChunkExecutor, make_policy
 from sim.run_eval import episode_seed, resolve_tasks
 from sim.suites import make_env
-from vla.tokenizer.fsq import atomic_write_text
+from vla.fileio import atomic_write_text
 
 MILESTONES = ("none", "reached", "closed", "lifted", "success")
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from vla.constants import OBS_AGENTVIEW
 from vla.data import DatasetConfig, load_frames, make_dataset
-from vla.tokenizer.fsq import FSQAutoencoder, FSQConfig, atomic_write_text, psnr
+from vla.fileio import atomic_write_text
+from vla.tokenizer.fsq import FSQAutoencoder, FSQConfig, psnr
 from vla.training import MetricsLogger, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from vla.fileio import atomic_write_text
+
 TOKENIZER_CONFIG = "config.json"
 TOKENIZER_WEIGHTS = "model.safetensors"
 
@@ -202,12 +204,3 @@ def psnr(a: Tensor, b: Tensor) -> float:
     """Peak signal-to-noise ratio in dB between images in [0, 1]."""
     mse = (a.clamp(0, 1) - b.clamp(0, 1)).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

@@ -34,6 +34,7 @@ from typing_extensions import override
 from vla.backbones.decoder import Decoder, init_weights, load_hf_decoder
 from vla.configs import CotVlaConfig
 from vla.constants import ACTION, ACTION_IS_PAD, OBS_STATE, SUBGOAL_IMAGE, TARGET_POS, TASK
+from vla.fileio import atomic_write_text
 from vla.language import TEXT_DIM, get_text_encoder
 from vla.normalize import (
     NormStats,
@@ -44,7 +45,7 @@ from vla.normalize import (
     unnormalize_actions,
 )
 from vla.policy import STATS_FILE, TOKENIZER_DIR, Policy
-from vla.tokenizer.fsq import FSQAutoencoder, atomic_write_text
+from vla.tokenizer.fsq import FSQAutoencoder
 
 
 @dataclass(frozen=True)
