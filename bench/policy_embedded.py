@@ -86,6 +86,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append("--resume=true")
     if args.film_dim is not None:
         overrides.append(f"--policy.vision.film_dim={args.film_dim}")
+    if args.aux_target_weight is not None:
+        overrides.append(f"--policy.aux_target_weight={args.aux_target_weight}")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
@@ -99,6 +101,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         "lr": cfg.optim.lr,
         "image_shift": cfg.image_shift,
         "film_dim": getattr(cfg.policy.vision, "film_dim", 0),
+        "aux_target_weight": getattr(cfg.policy, "aux_target_weight", 0.0),
         "tokenizer_path": args.tokenizer_path,
         "train_config": args.train_config,
         "data": args.windows or args.dataset_root,
@@ -200,6 +203,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.0, help="override optim.lr (0 keeps the config's)")
     ap.add_argument(
         "--film_dim", type=int, default=None, help="policy.vision.film_dim (384: FiLM on the instruction)"
+    )
+    ap.add_argument(
+        "--aux_target_weight",
+        type=float,
+        default=None,
+        help="policy.aux_target_weight (grounding; the windows need target_pos: python -m sim.targets)",
     )
     ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")
     ap.add_argument("--device", default="auto")
