@@ -568,8 +568,8 @@ def main() -> None:
     headline["xattn_mass_recall_vs_oracle"] = min(recalls) if recalls else None
     # needles_kept: the configurations the headline picked (with the row rule where it ran);
     # needles_kept_tau_only: every configuration without it (XAttention's rule alone).
-    picked = [r for name in ("diffuse", "peaked") if pick(name) for r in of(pick(name))]
-    headline["needles_kept"] = min(r["needles_kept"] for r in picked) if picked else None
+    picked = [headline[k] for k in ("diffuse_needles_kept", "peaked_needles_kept") if k in headline]
+    headline["needles_kept"] = min(picked) if picked else None
     tau_only = [r for r in xrows if not r.get("row_share")]
     headline["needles_kept_tau_only"] = min(r["needles_kept"] for r in tau_only) if tau_only else None
     path = write_results(
