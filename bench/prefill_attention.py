@@ -57,6 +57,7 @@ class PrefillBenchConfig:
     lm_train_len: int = 8192
     lm_eval_len: int = 16384
     lm_tokens_per_step: int = 65536
+    lm_dump_layers: str = ""  # e.g. "0,1": save those layers' captured q and k (bf16) to out_dir, for study
 
 
 def _parse(argv: list[str]) -> PrefillBenchConfig:
@@ -419,6 +420,13 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
             model.logits(x)
     finally:
         dec.attention = real_attention
+    if cfg.lm_dump_layers:
+        dump_dir = Path(cfg.out_dir or ".")
+        for layer in (int(x) for x in cfg.lm_dump_layers.split(",")):
+            q, k, _ = captured[layer]
+            half = q.shape[2] // 2  # [B, T, H, D]: two files of q keep each under $OUT's 16 MiB
+            for name, z in (("qa", q[:, :, :half]), ("qb", q[:, :, half:]), ("k", k)):
+                torch.save(z.to(torch.bfloat16).cpu().contiguous(), dump_dir / f"lm_l{layer}_{name}.pt")
     bs, t = 64, cfg.lm_eval_len
     n = -(-t // bs)
     vis = visible_blocks(t, t, bs, True, dev)
