@@ -88,6 +88,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--policy.vision.film_dim={args.film_dim}")
     if args.aux_target_weight is not None:
         overrides.append(f"--policy.aux_target_weight={args.aux_target_weight}")
+    if args.state_dropout is not None:
+        overrides.append(f"--policy.state_dropout={args.state_dropout}")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
@@ -102,6 +104,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         "image_shift": cfg.image_shift,
         "film_dim": getattr(cfg.policy.vision, "film_dim", 0),
         "aux_target_weight": getattr(cfg.policy, "aux_target_weight", 0.0),
+        "state_dropout": getattr(cfg.policy, "state_dropout", 0.0),
         "tokenizer_path": args.tokenizer_path,
         "train_config": args.train_config,
         "data": args.windows or args.dataset_root,
@@ -209,6 +212,12 @@ def main() -> None:
         type=float,
         default=None,
         help="policy.aux_target_weight (grounding; the windows need target_pos: python -m sim.targets)",
+    )
+    ap.add_argument(
+        "--state_dropout",
+        type=float,
+        default=None,
+        help="policy.state_dropout (share of samples trained without the robot state token)",
     )
     ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")
     ap.add_argument("--device", default="auto")

@@ -71,6 +71,11 @@ class CotVlaConfig(PolicyConfig):
             windows folder with ``target_pos`` (``python -m sim.targets --windows=<folder>``).
             Rows whose target is NaN are left out of it (``--until_reach_cm`` there marks the frames after
             the approach, where the arm's position gives the answer away).
+        state_dropout: share of training samples whose proprioceptive state token is replaced by a
+            learned "no state" embedding (0, the default, builds no extra parameters). The robot state
+            is a shortcut: a policy can fit most of a demo's actions from where the arm is and never
+            learn which object the instruction names (bench/notes/policy_embedded.md). Inference
+            always uses the state, except at 1.0, which builds a policy that never sees it.
         subgoal_decoding: ``ar`` (autoregressive, causal codes) or ``parallel`` (Fast-dLLM style: the code
             block is bidirectional, trained with a masked-token objective and decoded in a few steps,
             unmasking every code whose confidence exceeds ``parallel_threshold`` and at least one).
@@ -96,6 +101,7 @@ class CotVlaConfig(PolicyConfig):
     text_max_tokens: int = 24
     subgoal_loss_weight: float = 1.0
     aux_target_weight: float = 0.0
+    state_dropout: float = 0.0
     subgoal_decoding: str = "ar"
     parallel_threshold: float = 0.9
     camera_keys: list[str] = field(default_factory=lambda: list(CAMERA_KEYS))
@@ -119,6 +125,10 @@ class CotVlaConfig(PolicyConfig):
             raise ValueError(f"parallel_threshold must be in [0, 1], got {self.parallel_threshold}")
         if self.aux_target_weight < 0:
             raise ValueError(f"aux_target_weight must be >= 0 (0 = off), got {self.aux_target_weight}")
+        if not 0.0 <= self.state_dropout <= 1.0:
+            raise ValueError(
+                f"state_dropout must be in [0, 1] (a share of samples), got {self.state_dropout}"
+            )
         if self.num_bins < 2:
             raise ValueError(f"num_bins must be >= 2, got {self.num_bins}")
         if self.backbone.vocab_size != 0:

@@ -250,6 +250,8 @@ class CotVlaPolicy(Policy):
             # Built after every other module, so the rest initialises exactly as without it.
             self.aux_target_head = nn.Linear(d, 3)
             init_weights(self.aux_target_head)
+        if cfg.state_dropout > 0:  # the "no state" token (state dropout); absent at 0, like the aux head
+            self.state_null = nn.Parameter(torch.zeros(d))
         self.set_normalization(NormStats.identity(cfg.action_dim, cfg.state_dim))
         self.layout = Layout(
             cfg.text_max_tokens,
@@ -332,6 +334,10 @@ class CotVlaPolicy(Policy):
         feats = feats + self.cam_embed[:, None, None, :]
         vis = feats.permute(1, 0, 2, 3).reshape(b, -1, feats.shape[-1])  # (B, n_cams*P, d)
         st = self.state_proj((state - self.state_mean) / self.state_std)[:, None]
+        p_drop = cfg.state_dropout
+        if p_drop >= 1.0 or (p_drop > 0 and self.training):
+            drop = torch.rand(b, device=dev) < p_drop  # rand is in [0, 1): p_drop = 1 drops every sample
+            st = torch.where(drop[:, None, None], self.state_null.to(st.dtype).expand_as(st), st)
         prefix = torch.cat([self.text_proj(text).to(vis.dtype), st.to(vis.dtype), vis], 1)
         valid = torch.ones(b, self.layout.total, dtype=torch.bool, device=dev)
         valid[:, : cfg.text_max_tokens] = text_valid
