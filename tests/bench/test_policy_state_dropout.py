@@ -1,0 +1,91 @@
+"""bench.policy_state_dropout: the single-task windows subset and the merged report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import policy_state_dropout as psd
+from vla.constants import OBS_AGENTVIEW, OBS_WRIST
+from vla.windows import Windows, load_windows, save_windows
+
+
+def _windows() -> Windows:
+    g = torch.Generator().manual_seed(0)
+    lengths = (4, 3, 5, 2)
+    n = sum(lengths)
+    ep = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    return Windows(
+        frames={
+            k: torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+            for k in (OBS_AGENTVIEW, OBS_WRIST)
+        },
+        actions=torch.rand(n, 7, generator=g),
+        states=torch.randn(n, 8, generator=g),
+        episode_index=ep,
+        task_index=torch.tensor([0, 1, 0, 1])[ep],
+        tasks=["put the red cube on the plate", "put the blue cube in the bin"],
+        fps=20,
+        target_pos=torch.rand(n, 3, generator=g),
+    )
+
+
+def test_subset_keeps_one_task_renumbered(tmp_path):
+    w = _windows()
+    src = save_windows(w, tmp_path / "all")
+    psd.subset(str(src), "put the blue cube in the bin", str(tmp_path / "blue"))
+    sub = load_windows(tmp_path / "blue")
+    rows = (w.task_index == 1).nonzero().squeeze(1)  # episodes 1 and 3: 3 + 2 frames
+    assert sub.tasks == ["put the blue cube in the bin"]
+    assert sub.episode_index.tolist() == [0, 0, 0, 1, 1]
+    assert sub.task_index.tolist() == [0] * 5
+    torch.testing.assert_close(sub.actions, w.actions[rows], atol=0, rtol=0)
+    torch.testing.assert_close(sub.states, w.states[rows], atol=0, rtol=0)
+    torch.testing.assert_close(sub.target_pos, w.target_pos[rows], atol=0, rtol=0)
+    assert sub.frames[OBS_AGENTVIEW].shape[0] == 5
+    with pytest.raises(SystemExit, match="has no task"):
+        psd.subset(str(src), "stack the cubes", str(tmp_path / "none"))
+
+
+def _eval(tmp_path, name, tasks, complete=True):
+    doc = {
+        "complete": complete,
+        "missing": [] if complete else ["x"],
+        "overall_ci95": [0.1, 0.5],
+        "command": "eval",
+        "tasks": {t: {"successes": s, "episodes": n, "ci95": [0.0, 1.0]} for t, (s, n) in tasks.items()},
+    }
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps(doc))
+    return str(p)
+
+
+def test_report_sums_tasks_reads_logs_and_refuses_incomplete_evals(tmp_path):
+    rec = {
+        "variant": "no_cot",
+        "minutes": 4.0,
+        "device": "X",
+        "steps": 10,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "state_dropout": 0.5,
+        "data": "w",
+        "final": {"action_loss": 0.7},
+    }
+    log = tmp_path / "train.log"
+    log.write_text("train: 100%|###| 10/10\r\n" + json.dumps(rec) + "\n")
+    ev = _eval(tmp_path, "a", {"put_red_cube_on_plate": (3, 10), "put_green_cube_on_plate": (1, 10)})
+    path = psd.report([["sd05", str(log), ev]], tmp_path / "out")
+    doc = json.loads(path.read_text())
+    assert doc["headline"]["success_sd05"] == pytest.approx(0.2)
+    (row,) = doc["rows"]
+    assert (row["successes"], row["episodes"], row["state_dropout"]) == (4, 20, 0.5)
+    assert row["ci95"] is None  # two tasks: no single interval
+    bad = _eval(tmp_path, "b", {"put_red_cube_on_plate": (3, 10)}, complete=False)
+    with pytest.raises(SystemExit, match="incomplete"):
+        psd.report([["x", str(log), bad]], tmp_path / "out")
+    (tmp_path / "empty.log").write_text("nothing\n")
+    with pytest.raises(SystemExit, match="no training record"):
+        psd.train_record(str(tmp_path / "empty.log"))
