@@ -1,0 +1,188 @@
+"""Block-mass estimators on captured attention: why XAttention's recall stays low on a learned layer.
+
+XAttention estimates a block's attention mass from antidiagonal samples: each reshaped row/column cell
+holds the *sum* of S logits (S query/key pairs on an antidiagonal), and the softmax runs over those
+sums scaled by ``1/(sqrt(D) S)``, i.e. over the mean logit of the cell. A cell whose mass comes from a
+single matching key is under-weighted: ``exp(mean)`` is far below ``mean(exp)`` (Jensen). The
+"sampled" estimator here uses the same S pairs per cell but sums each pair's own ``exp``: the
+plain Monte-Carlo estimate of the block's mass, the same GEMM FLOPs, S times the exponentials.
+
+This compares both against the true block mass on queries and keys captured from a trained model
+(``bench/prefill_attention.py --lm_only=1 --lm_dump_layers=0,3`` writes ``lm_l<L>_{qa,qb,k}.pt``):
+
+- ``tau``: XAttention's threshold selection on the estimate; recall vs the oracle with the same
+  number of blocks per query-block row, and the density it chose;
+- ``equal_budget``: every estimator's top blocks with the per-row counts that antidiagonal S = 16
+  picks at τ, so the ranking is compared at one density.
+
+    python -m bench.xattn_estimators --qk_dir=<folder with the dumps> [--layers=0,3] [--seq_len=8192]
+
+CPU, float32, reference code only (no kernel is timed). Results: ``bench/results/xattn_estimators.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from kernels.block_sparse_attention.index import visible_blocks
+from kernels.xattention.reference import antidiagonal_block_mass_ref, forced_blocks, select_blocks_ref
+
+
+def sampled_pair_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: int) -> Tensor:
+    """Block mass from the antidiagonal's pairs, each pair exponentiated on its own (causal, self-attention).
+
+    Query ``iS + S-1-s`` meets key ``jS + s`` (the pairs XAttention sums), for s < S. Each reshaped row
+    ``i`` gets one softmax over all its ``S x (T/S)`` sampled pairs; a block's mass is the sum of its
+    cells' shares, so each valid reshaped row contributes 1, as in the antidiagonal estimate. At
+    ``stride = 1`` it is the exact attention mass.
+
+    Args:
+        q: `(B, T, Hq, D)` queries; ``T`` a multiple of ``block_size``.
+        k: `(B, T, Hkv, D)` keys, ``Hq % Hkv == 0``.
+        stride: the antidiagonal stride ``S`` (``block_size % S == 0``).
+        block_size: block size in tokens.
+
+    Returns:
+        `(B, Hq, T/block_size, T/block_size)` fp32.
+    """
+    b, t, h_q, d = q.shape
+    if t % block_size or block_size % stride:
+        raise ValueError(
+            f"T ({t}) must be a multiple of block_size ({block_size}), itself of stride ({stride})"
+        )
+    if k.shape[1] != t:
+        raise ValueError("sampled_pair_block_mass is for self-attention (Tq == Tk)")
+    rep = h_q // k.shape[2]
+    r, n = t // stride, t // block_size
+    qf = q.float().transpose(1, 2)  # (B, H, T, D)
+    kf = k.float().transpose(1, 2).repeat_interleave(rep, dim=1)
+    offs = torch.arange(stride)
+    rows = torch.arange(r)
+    out = torch.empty(b, h_q, n, n)
+    for h in range(h_q):
+        logit = torch.stack(
+            [
+                qf[:, h, stride - 1 - s :: stride] @ kf[:, h, s::stride].transpose(-1, -2)
+                for s in offs.tolist()
+            ],
+            1,
+        ) * (d**-0.5)  # (B, S, R, R)
+        q_pos = rows[:, None] * stride + (stride - 1 - offs)[:, None, None]  # (S, R, 1)
+        k_pos = rows[None, :] * stride + offs[:, None, None]  # (S, 1, R)
+        logit = logit.masked_fill(k_pos > q_pos, -math.inf)
+        m = logit.amax(dim=(1, 3), keepdim=True)
+        e = (logit - m).exp().sum(1)  # (B, R, R)
+        p = e / e.sum(-1, keepdim=True)
+        cells = block_size // stride
+        out[:, h] = p.view(b, n, cells, n, cells).sum((2, 4))
+    return out
+
+
+def mass_recall(true: Tensor, keep: Tensor) -> float:
+    """Kept true mass over the best true mass with the same number of blocks per row."""
+    best = torch.sort(true, -1, descending=True).values.cumsum(-1)
+    cnt = keep.sum(-1, keepdim=True).clamp_min(1)
+    return ((true * keep).sum() / torch.gather(best, -1, cnt - 1).sum()).item()
+
+
+def top_blocks(est: Tensor, counts: Tensor, forced: Tensor, vis: Tensor) -> Tensor:
+    """Forced blocks first, then the largest estimates, ``counts`` blocks per row in all."""
+    score = est.masked_fill(~vis, -1.0) + forced.float() * 1e9
+    order = torch.argsort(score, -1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
+    return ranks < counts
+
+
+def study(q: Tensor, k: Tensor, *, strides: list[int], tau: float, block_size: int) -> list[dict]:
+    t = q.shape[1]
+    vis = visible_blocks(t, t, block_size, True, "cpu")
+    forced = forced_blocks(t, t, block_size, "cpu") & vis
+    n_vis = vis.sum().item() * q.shape[2]
+    true = antidiagonal_block_mass_ref(q, k, stride=1, block_size=block_size)
+    oracle = select_blocks_ref(true, tau, t_q=t, t_k=t, block_size=block_size, causal=True)
+    base = None
+    rows = []
+    for stride in strides:
+        ests = {
+            "antidiagonal": antidiagonal_block_mass_ref(q, k, stride=stride, block_size=block_size),
+            "sampled": sampled_pair_block_mass(q, k, stride=stride, block_size=block_size),
+        }
+        for name, est in ests.items():
+            keep = select_blocks_ref(est, tau, t_q=t, t_k=t, block_size=block_size, causal=True)
+            if base is None and name == "antidiagonal" and stride == max(strides):
+                base = keep.sum(-1, keepdim=True)
+            rows.append(
+                {
+                    "estimator": name,
+                    "stride": stride,
+                    "tau_density": (keep & vis).sum().item() / n_vis,
+                    "tau_recall_vs_oracle": mass_recall(true, keep),
+                    "_est": est,
+                }
+            )
+    for row in rows:
+        row["equal_budget_recall"] = mass_recall(true, top_blocks(row.pop("_est"), base, forced, vis))
+    rows.append({"estimator": "true mass", "stride": 1, "tau_density": (oracle & vis).sum().item() / n_vis})
+    return rows
+
+
+def load_layer(qk_dir: Path, layer: int, seq_len: int) -> tuple[Tensor, Tensor]:
+    files = [qk_dir / f"lm_l{layer}_{part}.pt" for part in ("qa", "qb", "k")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise SystemExit(
+            f"missing {missing}: dump them with `python3 bench/prefill_attention.py --lm_only=1 "
+            f"--lm_dump_layers={layer} --out_dir=<folder>` (a GPU run)"
+        )
+    qa, qb, k = (torch.load(f, weights_only=True) for f in files)
+    q = torch.cat([qa, qb], 2)
+    if seq_len > q.shape[1]:
+        raise SystemExit(f"--seq_len={seq_len} is longer than the capture ({q.shape[1]} tokens)")
+    return q[:, :seq_len].float(), k[:, :seq_len].float()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bench.common import write_results
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--qk_dir", type=Path, required=True)
+    ap.add_argument("--layers", default="0,3")
+    ap.add_argument("--seq_len", type=int, default=8192)
+    ap.add_argument("--strides", default="16,8,4")
+    ap.add_argument("--tau", type=float, default=0.9)
+    ap.add_argument("--block_size", type=int, default=64)
+    ap.add_argument("--out_dir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    strides = sorted((int(s) for s in args.strides.split(",")), reverse=True)
+    rows, head = [], {}
+    for layer in (int(x) for x in args.layers.split(",")):
+        t0 = time.time()
+        q, k = load_layer(args.qk_dir, layer, args.seq_len)
+        for r in study(q, k, strides=strides, tau=args.tau, block_size=args.block_size):
+            rows.append({"layer": layer, "seq_len": args.seq_len, **r})
+            if "equal_budget_recall" in r:
+                head[f"l{layer}_{r['estimator']}_s{r['stride']}_equal_budget_recall"] = r[
+                    "equal_budget_recall"
+                ]
+            print({"layer": layer, **{kk: round(v, 4) if isinstance(v, float) else v for kk, v in r.items()}})
+        print(f"layer {layer}: {time.time() - t0:.0f} s", flush=True)
+    path = write_results(
+        "xattn_estimators",
+        rows=rows,
+        headline=head,
+        config=vars(args) | {"qk_dir": str(args.qk_dir), "out_dir": str(args.out_dir)},
+        device="CPU (reference code, float32)",
+        out_dir=args.out_dir,
+    )
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
