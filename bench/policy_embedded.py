@@ -90,6 +90,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--policy.aux_target_weight={args.aux_target_weight}")
     if args.state_dropout is not None:
         overrides.append(f"--policy.state_dropout={args.state_dropout}")
+    if args.colour_swap is not None:
+        overrides.append(f"--colour_swap={args.colour_swap}")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
     t0 = time.perf_counter()
     summary = run(cfg)
@@ -105,6 +107,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         "film_dim": getattr(cfg.policy.vision, "film_dim", 0),
         "aux_target_weight": getattr(cfg.policy, "aux_target_weight", 0.0),
         "state_dropout": getattr(cfg.policy, "state_dropout", 0.0),
+        "colour_swap": cfg.colour_swap,
         "tokenizer_path": args.tokenizer_path,
         "train_config": args.train_config,
         "data": args.windows or args.dataset_root,
@@ -218,6 +221,12 @@ def main() -> None:
         type=float,
         default=None,
         help="policy.state_dropout (share of samples trained without the robot state token)",
+    )
+    ap.add_argument(
+        "--colour_swap",
+        type=float,
+        default=None,
+        help="colour_swap (share of samples with permuted RGB channels and renamed colour words)",
     )
     ap.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (train)")
     ap.add_argument("--device", default="auto")

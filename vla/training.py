@@ -5,10 +5,12 @@ Training state (optimizer moments, scheduler, step, RNG) is written with safeten
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import random
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,3 +207,57 @@ def random_shift(images: list[Tensor], pad: int, generator: torch.Generator | No
         x = padded.gather(2, rows[:, None, :, None].expand(b, c, h, padded.shape[-1]))
         out.append(x.gather(3, cols[:, None, None, :].expand(b, c, h, w)))
     return out
+
+
+COLOUR_CHANNELS = {"red": 0, "green": 1, "blue": 2}
+_CHANNEL_NAMES = {v: k for k, v in COLOUR_CHANNELS.items()}
+_COLOUR_WORD = re.compile(r"\b(red|green|blue)\b")
+_PERMUTATIONS = [p for p in itertools.permutations(range(3)) if p != (0, 1, 2)]
+
+
+def colour_swap(
+    images: list[Tensor], tasks: list[str], share: float, generator: torch.Generator | None = None
+) -> tuple[list[Tensor], list[str]]:
+    """Counterfactual colour augmentation: permute RGB channels and rename the colour words to match.
+
+    On ``share`` of the samples (drawn per sample), one random non-identity permutation of the
+    channels is applied to every image of that sample (cameras and subgoal frame alike), and each
+    "red" / "green" / "blue" in its instruction is renamed to the channel where that colour now
+    shows. A cube that was red and named "red" turns green and is named "green": the scene, the
+    actions and the target object stay the same, only the colour word and the pixels that carry it
+    change together. A policy can then no longer pick a task's object from where it usually is; it has
+    to match the word to the colour (embedded_goal's cubes are near-primary: sim/envs/embedded_goal.py).
+
+    Args:
+        images: `(B, 3, H, W)` tensors with the same ``B``.
+        tasks: ``B`` instructions.
+        share: share of samples to swap, in [0, 1].
+        generator: optional CPU generator for the draws.
+
+    Returns:
+        The images (new tensors where any sample was swapped) and the instructions.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"colour_swap share must be in [0, 1], got {share}")
+    b = len(tasks)
+    if share == 0.0 or b == 0:
+        return images, tasks
+    for x in images:
+        if x.shape[0] != b or x.shape[1] != 3:
+            raise ValueError(f"colour_swap: every image needs shape ({b}, 3, H, W), got {tuple(x.shape)}")
+    pick = torch.rand(b, generator=generator) < share
+    which = torch.randint(0, len(_PERMUTATIONS), (b,), generator=generator)
+    perm = torch.tensor(
+        [_PERMUTATIONS[w] if p else (0, 1, 2) for p, w in zip(pick.tolist(), which.tolist(), strict=True)]
+    )
+    out = []
+    for x in images:
+        idx = perm.to(x.device)[:, :, None, None].expand_as(x)
+        out.append(x.gather(1, idx))  # new channel c holds old channel perm[c]
+    new_tasks = []
+    for text, p in zip(tasks, perm.tolist(), strict=True):
+        where = {old: new for new, old in enumerate(p)}  # old channel -> the channel it moved to
+        new_tasks.append(
+            _COLOUR_WORD.sub(lambda m, w=where: _CHANNEL_NAMES[w[COLOUR_CHANNELS[m.group(1)]]], text)
+        )
+    return out, new_tasks

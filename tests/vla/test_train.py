@@ -130,6 +130,7 @@ def test_vla_train_run_checkpoint_and_resume(synth, tmp_path):
         "--log_every=3",
         "--tokenizer_steps=20",
         "--tensorboard=false",
+        "--colour_swap=0.5",  # the augmentation runs inside the loop (tests/vla/test_colour_swap.py)
     ]
     cfg = draccus.parse(TrainConfig, config_path=str(TINY_TRAIN), args=args)
     run(cfg)
@@ -330,3 +331,5 @@ def test_random_shift_moves_frames_together():
         random_shift([x, x[:2]], 2)
     with pytest.raises(ValueError, match="image_shift"):
         TrainConfig(image_shift=-1)
+    with pytest.raises(ValueError, match="colour_swap"):
+        TrainConfig(colour_swap=1.5)

@@ -33,12 +33,13 @@ import torch
 from tqdm import tqdm
 
 from vla.configs import CotVlaConfig, PolicyConfig
-from vla.constants import SUBGOAL_IMAGE
+from vla.constants import SUBGOAL_IMAGE, TASK
 from vla.data import DatasetConfig, PreloadedWindows, compute_norm_stats, make_dataset, to_policy_batch
 from vla.inference import policy_metadata
 from vla.training import (
     MetricsLogger,
     OptimConfig,
+    colour_swap,
     infinite,
     load_training_state,
     make_optimizer,
@@ -90,6 +91,11 @@ class TrainConfig:
         tokenizer_max_frames: frames kept in memory for that pre-step.
         image_shift: random-shift augmentation in pixels (DrQ: replicate-pad, random crop back; the same
             shift for a sample's cameras and its subgoal frame); 0 = off.
+        colour_swap: share of samples whose frames get a random RGB channel permutation, with the
+            instruction's colour words renamed to match (`vla.training.colour_swap`): counterfactual
+            data that makes the colour word, not the usual place of an object, tell the task apart.
+            0 = off. The renamed instructions must be known to the text encoder (on a machine without
+            MiniLM, in ``VLA_TEXT_CACHE``).
         data_on_device: with a preloaded dataset (``dataset.preload`` or ``dataset.windows``) in a
             single-process run, keep frames, actions and states on the training device and gather each
             batch there (`vla.data.PreloadedWindows.batches`) instead of a DataLoader. On a GPU this removes
@@ -116,6 +122,7 @@ class TrainConfig:
     tokenizer_batch_size: int = 64
     tokenizer_max_frames: int = 20000
     image_shift: int = 0
+    colour_swap: float = 0.0
     data_on_device: bool = True
     max_minutes: float | None = None
     device: str = "auto"
@@ -126,6 +133,10 @@ class TrainConfig:
             raise ValueError("batch_size, log_every and save_every must be >= 1")
         if self.image_shift < 0:
             raise ValueError(f"image_shift is a pixel count and must be >= 0, got {self.image_shift}")
+        if not 0.0 <= self.colour_swap <= 1.0:
+            raise ValueError(
+                f"colour_swap is a share of samples and must be in [0, 1], got {self.colour_swap}"
+            )
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive (or unset), got {self.max_minutes}")
         if self.max_minutes is not None and self.distributed.num_workers > 1:
@@ -255,6 +266,10 @@ def train_loop(
             keys = [k for k in (*cfg.policy.camera_keys, SUBGOAL_IMAGE) if k in batch]
             for k, v in zip(keys, random_shift([batch[k] for k in keys], cfg.image_shift), strict=True):
                 batch[k] = v
+        if cfg.colour_swap:
+            keys = [k for k in (*cfg.policy.camera_keys, SUBGOAL_IMAGE) if k in batch]
+            images, batch[TASK] = colour_swap([batch[k] for k in keys], list(batch[TASK]), cfg.colour_swap)
+            batch.update(zip(keys, images, strict=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, logs = model(batch)
         opt.zero_grad(set_to_none=True)
