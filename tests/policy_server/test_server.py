@@ -454,4 +454,3 @@ def test_replica_killed_mid_run_is_replaced(server, obs):
     assert after["replica"] != before
     want = server.local.infer(obs)["actions"]
     np.testing.assert_array_equal(results[-1], want)
-
