@@ -254,10 +254,20 @@ def colour_swap(
     for x in images:
         idx = perm.to(x.device)[:, :, None, None].expand_as(x)
         out.append(x.gather(1, idx))  # new channel c holds old channel perm[c]
-    new_tasks = []
-    for text, p in zip(tasks, perm.tolist(), strict=True):
-        where = {old: new for new, old in enumerate(p)}  # old channel -> the channel it moved to
-        new_tasks.append(
-            _COLOUR_WORD.sub(lambda m, w=where: _CHANNEL_NAMES[w[COLOUR_CHANNELS[m.group(1)]]], text)
-        )
-    return out, new_tasks
+    return out, [rename_colours(t, p) for t, p in zip(tasks, perm.tolist(), strict=True)]
+
+
+def rename_colours(text: str, perm: tuple[int, ...] | list[int]) -> str:
+    """The instruction for images whose new channel ``c`` holds old channel ``perm[c]`` (`colour_swap`)."""
+    where = {old: new for new, old in enumerate(perm)}  # old channel -> the channel it moved to
+    return _COLOUR_WORD.sub(lambda m: _CHANNEL_NAMES[where[COLOUR_CHANNELS[m.group(1)]]], text)
+
+
+def colour_variants(text: str) -> list[str]:
+    """Every instruction `colour_swap` can turn ``text`` into, ``text`` first (for text caches)."""
+    out = [text]
+    for p in _PERMUTATIONS:
+        t = rename_colours(text, p)
+        if t not in out:
+            out.append(t)
+    return out

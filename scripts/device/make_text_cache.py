@@ -33,13 +33,21 @@ def max_tokens_in_use() -> list[int]:
     return sorted(found)
 
 
-def instructions(suites: list[str]) -> list[str]:
-    """The distinct instructions of ``suites``, in suite order."""
+def instructions(suites: list[str], colour_variants: bool = True) -> list[str]:
+    """The distinct instructions of ``suites``, in suite order.
+
+    With ``colour_variants``, each is followed by the renamed instructions that training with
+    ``--colour_swap`` can produce (`vla.training.colour_variants`), so such a run works offline too.
+    """
     from sim.suites import get_suite
+    from vla.training import colour_variants as variants
 
     out: list[str] = []
     for s in suites:
-        out.extend(t.instruction for t in get_suite(s).tasks if t.instruction not in out)
+        for t in get_suite(s).tasks:
+            for text in variants(t.instruction) if colour_variants else [t.instruction]:
+                if text not in out:
+                    out.append(text)
     return out
 
 
@@ -64,8 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--max_tokens", type=int, nargs="+", default=None, help="default: every value in configs/"
     )
+    ap.add_argument(
+        "--no_colour_variants",
+        action="store_true",
+        help="leave out the colour-renamed instructions that --colour_swap training produces",
+    )
     args = ap.parse_args(argv)
-    texts = instructions(args.suites)
+    texts = instructions(args.suites, colour_variants=not args.no_colour_variants)
     paths = write_caches(args.out, texts, args.max_tokens or max_tokens_in_use())
     for p in paths:
         print(f"{p}  ({len(texts)} instructions, {p.stat().st_size / 1024:.0f} KiB)")

@@ -66,3 +66,30 @@ def test_share_zero_and_partial_and_bad_input():
         colour_swap([img], tasks, 1.5)
     with pytest.raises(ValueError, match="needs shape"):
         colour_swap([img[:, :1]], tasks, 0.5)
+
+
+def test_colour_variants_and_the_offline_text_cache():
+    import importlib.util
+    from pathlib import Path
+
+    from vla.training import colour_variants, rename_colours
+
+    stack = colour_variants("stack the blue cube on the green cube")
+    assert stack[0] == "stack the blue cube on the green cube"
+    assert len(stack) == 6  # every ordered pair of two different colours
+    assert len(colour_variants("put the red cube on the plate")) == 3
+    assert colour_variants("open the drawer") == ["open the drawer"]
+    assert rename_colours("put the red cube on the plate", (1, 0, 2)) == "put the green cube on the plate"
+    # the device's cache holds whatever a --colour_swap run can ask for
+    path = Path(__file__).resolve().parents[2] / "scripts/device/make_text_cache.py"
+    spec = importlib.util.spec_from_file_location("make_text_cache", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    texts = mod.instructions(["embedded_goal"])
+    plain = mod.instructions(["embedded_goal"], colour_variants=False)
+    assert set(plain) < set(texts)
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(len(plain), 3, 4, 4)
+    for _ in range(5):
+        _, swapped = colour_swap([img], plain, 1.0, g)
+        assert set(swapped) <= set(texts)
