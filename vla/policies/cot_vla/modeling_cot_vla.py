@@ -335,8 +335,10 @@ class CotVlaPolicy(Policy):
         vis = feats.permute(1, 0, 2, 3).reshape(b, -1, feats.shape[-1])  # (B, n_cams*P, d)
         st = self.state_proj((state - self.state_mean) / self.state_std)[:, None]
         p_drop = cfg.state_dropout
-        if p_drop >= 1.0 or (p_drop > 0 and self.training):
-            drop = torch.rand(b, device=dev) < p_drop  # rand is in [0, 1): p_drop = 1 drops every sample
+        if p_drop >= 1.0:  # a policy that never sees the state (no random draw at inference)
+            st = self.state_null.to(st.dtype).expand_as(st)
+        elif p_drop > 0 and self.training:
+            drop = torch.rand(b, device=dev) < p_drop
             st = torch.where(drop[:, None, None], self.state_null.to(st.dtype).expand_as(st), st)
         prefix = torch.cat([self.text_proj(text).to(vis.dtype), st.to(vis.dtype), vis], 1)
         valid = torch.ones(b, self.layout.total, dtype=torch.bool, device=dev)
