@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bench.prefill_attention import mass_recall
 from kernels.block_sparse_attention.index import visible_blocks
 from kernels.xattention.reference import antidiagonal_block_mass_ref, forced_blocks, select_blocks_ref
 
@@ -82,13 +83,6 @@ def sampled_pair_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: in
         cells = block_size // stride
         out[:, h] = p.view(b, n, cells, n, cells).sum((2, 4))
     return out
-
-
-def mass_recall(true: Tensor, keep: Tensor) -> float:
-    """Kept true mass over the best true mass with the same number of blocks per row."""
-    best = torch.sort(true, -1, descending=True).values.cumsum(-1)
-    cnt = keep.sum(-1, keepdim=True).clamp_min(1)
-    return ((true * keep).sum() / torch.gather(best, -1, cnt - 1).sum()).item()
 
 
 def top_blocks(est: Tensor, counts: Tensor, forced: Tensor, vis: Tensor) -> Tensor:

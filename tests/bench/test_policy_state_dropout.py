@@ -8,32 +8,13 @@ import pytest
 import torch
 
 from bench import policy_state_dropout as psd
-from vla.constants import OBS_AGENTVIEW, OBS_WRIST
-from vla.windows import Windows, load_windows, save_windows
-
-
-def _windows() -> Windows:
-    g = torch.Generator().manual_seed(0)
-    lengths = (4, 3, 5, 2)
-    n = sum(lengths)
-    ep = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    return Windows(
-        frames={
-            k: torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-            for k in (OBS_AGENTVIEW, OBS_WRIST)
-        },
-        actions=torch.rand(n, 7, generator=g),
-        states=torch.randn(n, 8, generator=g),
-        episode_index=ep,
-        task_index=torch.tensor([0, 1, 0, 1])[ep],
-        tasks=["put the red cube on the plate", "put the blue cube in the bin"],
-        fps=20,
-        target_pos=torch.rand(n, 3, generator=g),
-    )
+from tests.vla.test_aux_target import _windows
+from vla.constants import OBS_AGENTVIEW
+from vla.windows import load_windows, save_windows
 
 
 def test_subset_keeps_one_task_renumbered(tmp_path):
-    w = _windows()
+    w = _windows(lengths=(4, 3, 5, 2), target=True)  # tasks alternate by episode: 1 and 3 are blue
     src = save_windows(w, tmp_path / "all")
     psd.subset(str(src), "put the blue cube in the bin", str(tmp_path / "blue"))
     sub = load_windows(tmp_path / "blue")

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from vla.fileio import atomic_write_text
+from vla.fileio import atomic_file, atomic_write_text
 
 TOKENIZER_CONFIG = "config.json"
 TOKENIZER_WEIGHTS = "model.safetensors"
@@ -176,11 +174,8 @@ class FSQAutoencoder(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
-        os.close(fd)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path / TOKENIZER_WEIGHTS)
+        with atomic_file(path / TOKENIZER_WEIGHTS) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
         atomic_write_text(path / TOKENIZER_CONFIG, json.dumps(asdict(self.cfg), indent=2))
         return path
 
