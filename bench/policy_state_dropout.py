@@ -33,16 +33,26 @@ from bench.common import RESULTS_DIR
 BASELINE = Path(RESULTS_DIR) / "policy_embedded.json"
 
 
-def subset(windows: str, task: str, out: str) -> Path:
-    """Write a windows folder holding only the episodes of one instruction (episodes renumbered)."""
+def subset(windows: str, tasks: str | list[str], out: str) -> Path:
+    """Write a windows folder holding only the episodes of the given instructions (renumbered).
+
+    Episodes and task indices are renumbered densely, in the order the tasks are given.
+    """
     import torch
 
     from vla.windows import load_windows, save_windows
 
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not tasks:
+        raise SystemExit("subset: name at least one --task")
     w = load_windows(windows)
-    if task not in w.tasks:
-        raise SystemExit(f"{windows} has no task {task!r}; it has: {w.tasks}")
-    rows = (w.task_index == w.tasks.index(task)).nonzero().squeeze(1)
+    missing = [t for t in tasks if t not in w.tasks]
+    if missing:
+        raise SystemExit(f"{windows} has no task {missing[0]!r}; it has: {w.tasks}")
+    old = torch.tensor([w.tasks.index(t) for t in tasks])
+    keep = (w.task_index[:, None] == old[None, :])
+    rows = keep.any(1).nonzero().squeeze(1)
+    new_task = keep[rows].float().argmax(1)
     _, episodes = torch.unique(w.episode_index[rows], return_inverse=True)
     sub = dataclasses.replace(
         w,
@@ -50,12 +60,12 @@ def subset(windows: str, task: str, out: str) -> Path:
         actions=w.actions[rows],
         states=w.states[rows],
         episode_index=episodes,
-        task_index=torch.zeros_like(episodes),
-        tasks=[task],
+        task_index=new_task.to(w.task_index.dtype),
+        tasks=tasks,
         target_pos=None if w.target_pos is None else w.target_pos[rows],
     )
     path = save_windows(sub, out)
-    print(f"wrote {path}: {len(rows)} frames, {int(episodes.max()) + 1} episodes of {task!r}")
+    print(f"wrote {path}: {len(rows)} frames, {int(episodes.max()) + 1} episodes of {tasks}")
     return path
 
 
@@ -129,9 +139,11 @@ def report(runs: list[list[str]], out: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("subset", help="a windows folder with one task's episodes")
+    s = sub.add_parser("subset", help="a windows folder with only some tasks' episodes")
     s.add_argument("--windows", required=True)
-    s.add_argument("--task", required=True, help="the instruction, exactly as in the folder")
+    s.add_argument(
+        "--task", required=True, action="append", help="an instruction, exactly as in the folder (repeatable)"
+    )
     s.add_argument("--out", required=True)
     r = sub.add_parser("report", help="merge device runs into bench/results/policy_state_dropout.json")
     r.add_argument("--run", nargs=3, action="append", required=True, metavar=("NAME", "TRAIN", "EVAL"))

@@ -30,6 +30,19 @@ def test_subset_keeps_one_task_renumbered(tmp_path):
         psd.subset(str(src), "stack the cubes", str(tmp_path / "none"))
 
 
+def test_subset_of_several_tasks_renumbers_them_in_the_order_given(tmp_path):
+    w = _windows(lengths=(4, 3, 5, 2), target=True)  # episodes 0, 2: red plate (task 0); 1, 3: blue bin (task 1)
+    src = save_windows(w, tmp_path / "all")
+    psd.subset(str(src), ["put the blue cube in the bin", "put the red cube on the plate"], str(tmp_path / "both"))
+    sub = load_windows(tmp_path / "both")
+    assert sub.tasks == ["put the blue cube in the bin", "put the red cube on the plate"]
+    assert sub.task_index.tolist() == (1 - w.task_index).tolist()  # swapped, every row kept
+    assert sub.episode_index.tolist() == w.episode_index.tolist()
+    torch.testing.assert_close(sub.actions, w.actions, atol=0, rtol=0)
+    with pytest.raises(SystemExit, match="at least one"):
+        psd.subset(str(src), [], str(tmp_path / "none"))
+
+
 def _eval(tmp_path, name, tasks, complete=True):
     doc = {
         "complete": complete,
