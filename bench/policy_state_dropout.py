@@ -19,6 +19,11 @@ Device runs (one NVIDIA H200, ``bench.policy_embedded train`` then ``scripts/dev
     #   evaluated on the three plate tasks
     python -m bench.policy_state_dropout report \
         --run single_sd0 TRAIN_LOG_OR_JSON EVAL_JSON --run single_sd0.5 ... --run multi_sd0.5 ...
+
+The FiLM runs (seventh session, ``nvidia-h200-x2``) use the same two commands on the three plate tasks
+(``subset --task ... --task ... --task ... --out=data/windows/plate3``; train with ``--state_dropout=0.5``
+and ``--film_dim=384`` / ``--colour_swap=0.5`` / ``--variant=cot``) and write their own file with
+``report --name policy_film``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def subset(windows: str, tasks: str | list[str], out: str) -> Path:
     if missing:
         raise SystemExit(f"{windows} has no task {missing[0]!r}; it has: {w.tasks}")
     old = torch.tensor([w.tasks.index(t) for t in tasks])
-    keep = (w.task_index[:, None] == old[None, :])
+    keep = w.task_index[:, None] == old[None, :]
     rows = keep.any(1).nonzero().squeeze(1)
     new_task = keep[rows].float().argmax(1)
     _, episodes = torch.unique(w.episode_index[rows], return_inverse=True)
@@ -89,11 +94,17 @@ def baseline_rows(tasks: list[str]) -> dict[str, dict]:
     return got if len(got) == len(tasks) else {}
 
 
-def report(runs: list[list[str]], out: Path) -> dict:
+DEFAULT_DEVICE = "train and eval: NVIDIA H200 (eval: its 16-core host, EGL, run_eval --vector_envs=7)"
+
+
+def report(
+    runs: list[list[str]], out: Path | None, name: str = "policy_state_dropout", device: str = DEFAULT_DEVICE
+) -> dict:
+    """Merge (run name, training record, eval JSON) triples into ``bench/results/<name>.json``."""
     from bench.common import write_results
 
     rows, headline = [], {}
-    for name, train_path, eval_path in runs:
+    for run, train_path, eval_path in runs:
         tr = train_record(train_path)
         ev = json.loads(Path(eval_path).read_text())
         if not ev.get("complete"):
@@ -102,13 +113,16 @@ def report(runs: list[list[str]], out: Path) -> dict:
         n = sum(t["episodes"] for t in ev["tasks"].values())
         rows.append(
             {
-                "run": name,
+                "run": run,
                 "data": tr["data"],
                 "steps": tr["steps"],
                 "batch_size": tr["batch_size"],
                 "lr": tr["lr"],
                 "state_dropout": tr.get("state_dropout", 0.0),
                 "aux_target_weight": tr.get("aux_target_weight", 0.0),
+                "film_dim": tr.get("film_dim", 0),
+                "colour_swap": tr.get("colour_swap", 0.0),
+                "variant": tr["variant"],
                 "train_minutes": tr["minutes"],
                 "final_action_loss": tr["final"]["action_loss"],
                 "train_device": tr["device"],
@@ -120,18 +134,18 @@ def report(runs: list[list[str]], out: Path) -> dict:
                 "eval_command": ev.get("command"),
             }
         )
-        headline[f"success_{name}"] = succ / n
+        headline[f"success_{run}"] = succ / n
         base = baseline_rows(list(ev["tasks"]))
         if base:
             bs = sum(round(r["success_rate"] * r["episodes"]) for r in base.values())
             bn = sum(r["episodes"] for r in base.values())
-            headline[f"multitask_no_cot_baseline_same_tasks_{name}"] = bs / bn
+            headline[f"multitask_no_cot_baseline_same_tasks_{run}"] = bs / bn
     return write_results(
-        "policy_state_dropout",
+        name,
         rows=rows,
         headline=headline,
         config={"runs": [r[0] for r in runs], "baseline": str(BASELINE)},
-        device="train and eval: NVIDIA H200 (eval: its 16-core host, EGL, run_eval --vector_envs=7)",
+        device=device,
         out_dir=out,
     )
 
@@ -148,11 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("report", help="merge device runs into bench/results/policy_state_dropout.json")
     r.add_argument("--run", nargs=3, action="append", required=True, metavar=("NAME", "TRAIN", "EVAL"))
     r.add_argument("--out_dir", type=Path, default=None, help="default bench/results")
+    r.add_argument(
+        "--name", default="policy_state_dropout", help="results file name (bench/results/NAME.json)"
+    )
+    r.add_argument("--device", default=DEFAULT_DEVICE, help="where training and eval ran (recorded)")
     args = ap.parse_args(argv)
     if args.cmd == "subset":
         subset(args.windows, args.task, args.out)
     else:
-        print(report(args.run, args.out_dir))
+        print(report(args.run, args.out_dir, args.name, args.device))
 
 
 if __name__ == "__main__":

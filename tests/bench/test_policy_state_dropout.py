@@ -31,9 +31,13 @@ def test_subset_keeps_one_task_renumbered(tmp_path):
 
 
 def test_subset_of_several_tasks_renumbers_them_in_the_order_given(tmp_path):
-    w = _windows(lengths=(4, 3, 5, 2), target=True)  # episodes 0, 2: red plate (task 0); 1, 3: blue bin (task 1)
+    w = _windows(
+        lengths=(4, 3, 5, 2), target=True
+    )  # episodes 0, 2: red plate (task 0); 1, 3: blue bin (task 1)
     src = save_windows(w, tmp_path / "all")
-    psd.subset(str(src), ["put the blue cube in the bin", "put the red cube on the plate"], str(tmp_path / "both"))
+    psd.subset(
+        str(src), ["put the blue cube in the bin", "put the red cube on the plate"], str(tmp_path / "both")
+    )
     sub = load_windows(tmp_path / "both")
     assert sub.tasks == ["put the blue cube in the bin", "put the red cube on the plate"]
     assert sub.task_index.tolist() == (1 - w.task_index).tolist()  # swapped, every row kept
@@ -77,6 +81,15 @@ def test_report_sums_tasks_reads_logs_and_refuses_incomplete_evals(tmp_path):
     (row,) = doc["rows"]
     assert (row["successes"], row["episodes"], row["state_dropout"]) == (4, 20, 0.5)
     assert row["ci95"] is None  # two tasks: no single interval
+    assert (row["variant"], row["film_dim"], row["colour_swap"]) == (
+        "no_cot",
+        0,
+        0.0,
+    )  # older records lack the keys
+    film = psd.report([["film", str(log), ev]], tmp_path / "out", name="policy_film", device="GPU Z")
+    assert film.name == "policy_film.json"
+    assert path.is_file()
+    assert json.loads(film.read_text())["device"] == "GPU Z"
     bad = _eval(tmp_path, "b", {"put_red_cube_on_plate": (3, 10)}, complete=False)
     with pytest.raises(SystemExit, match="incomplete"):
         psd.report([["x", str(log), bad]], tmp_path / "out")
