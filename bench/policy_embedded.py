@@ -84,6 +84,10 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--max_minutes={args.max_minutes}")
     if args.resume:
         overrides.append("--resume=true")
+    if args.compile:
+        overrides.append("--compile=true")
+    if args.log_every:
+        overrides.append(f"--log_every={args.log_every}")
     if args.film_dim is not None:
         overrides.append(f"--policy.vision.film_dim={args.film_dim}")
     if args.aux_target_weight is not None:
@@ -108,6 +112,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         "aux_target_weight": getattr(cfg.policy, "aux_target_weight", 0.0),
         "state_dropout": getattr(cfg.policy, "state_dropout", 0.0),
         "colour_swap": cfg.colour_swap,
+        "compile": cfg.compile,
         "tokenizer_path": args.tokenizer_path,
         "train_config": args.train_config,
         "data": args.windows or args.dataset_root,
@@ -206,6 +211,8 @@ def main() -> None:
     ap.add_argument("--image_shift", type=int, default=None, help="override image_shift (pixels)")
     ap.add_argument("--max_minutes", type=float, default=0.0, help="stop with a checkpoint after this long")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the policy for training")
+    ap.add_argument("--log_every", type=int, default=0, help="override log_every (0 keeps the config's)")
     ap.add_argument("--lr", type=float, default=0.0, help="override optim.lr (0 keeps the config's)")
     ap.add_argument(
         "--film_dim", type=int, default=None, help="policy.vision.film_dim (384: FiLM on the instruction)"

@@ -146,9 +146,9 @@ def test_weight_zero_is_the_old_loss_and_weight_adds_the_aux_term(variant):
     assert "aux_target_loss" not in logs0
     torch.manual_seed(1)
     loss1, logs1 = aux(batch)
-    assert logs1["action_loss"] == logs0["action_loss"]
-    assert logs1["aux_target_loss"] > 0
-    torch.testing.assert_close(loss1.item(), loss0.item() + 0.5 * logs1["aux_target_loss"])
+    assert float(logs1["action_loss"]) == float(logs0["action_loss"])
+    assert float(logs1["aux_target_loss"]) > 0
+    torch.testing.assert_close(loss1.item(), loss0.item() + 0.5 * float(logs1["aux_target_loss"]))
     loss1.backward()
     g = aux.aux_target_head.weight.grad
     assert g is not None
@@ -168,7 +168,7 @@ def test_aux_loss_reads_the_prefix_token_and_normalises_by_the_stats():
     pred = policy.predict_target_pos(batch)  # world units, from a prefix-only pass
     m, s = torch.tensor(mean), torch.tensor(std)
     want = (((pred - m) / s - (batch[TARGET_POS] - m) / s) ** 2).mean().item()
-    assert logs["aux_target_loss"] == pytest.approx(want, rel=1e-4)
+    assert float(logs["aux_target_loss"]) == pytest.approx(want, rel=1e-4)
     with pytest.raises(ValueError, match="no target head"):
         CotVlaConfig.tiny().build().predict_target_pos(batch)
 
@@ -182,17 +182,17 @@ def test_rows_without_a_target_are_left_out_of_the_aux_loss():
     batch = _batch(cfg)
     per = ((policy.predict_target_pos(batch) - batch[TARGET_POS]) / 0.05).pow(2).mean(-1)
     _, logs = policy(batch)
-    assert logs["aux_target_loss"] == pytest.approx(per.mean().item(), rel=1e-4)
-    assert logs["aux_target_share"] == 1.0
+    assert float(logs["aux_target_loss"]) == pytest.approx(per.mean().item(), rel=1e-4)
+    assert float(logs["aux_target_share"]) == 1.0
     batch[TARGET_POS][0] = float("nan")
     loss, logs = policy(batch)
     assert torch.isfinite(loss)
-    assert logs["aux_target_loss"] == pytest.approx(per[1:].mean().item(), rel=1e-4)
-    assert logs["aux_target_share"] == pytest.approx(2 / 3)
+    assert float(logs["aux_target_loss"]) == pytest.approx(per[1:].mean().item(), rel=1e-4)
+    assert float(logs["aux_target_share"]) == pytest.approx(2 / 3)
     batch[TARGET_POS][:] = float("nan")
     loss, logs = policy(batch)
     assert torch.isfinite(loss)
-    assert logs["aux_target_loss"] == 0.0
+    assert float(logs["aux_target_loss"]) == 0.0
 
 
 def test_missing_target_and_bad_weight_give_clear_errors():

@@ -63,6 +63,23 @@ def test_registry_tiny_builds_finite_loss_and_grads(name, variant):
     assert policy.predict_action_chunk(cfg.fake_batch(2)).shape == (2, cfg.chunk_size, cfg.action_dim)
 
 
+@pytest.mark.parametrize("use_cot", [True, False])
+def test_training_logs_are_detached_tensors_that_match_the_loss(use_cot):
+    # the training loop sums them on the device and reads them only when a log line is due
+    torch.manual_seed(0)
+    cfg = CotVlaConfig.tiny(use_cot=use_cot)
+    loss, logs = cfg.build()(cfg.fake_batch(2))
+    for k, v in logs.items():
+        assert torch.is_tensor(v), k
+        assert v.dim() == 0, k
+        assert not v.requires_grad, k
+    assert float(logs["loss"]) == pytest.approx(loss.item())
+    parts = float(logs["action_loss"]) + (
+        cfg.subgoal_loss_weight * float(logs["subgoal_loss"]) if use_cot else 0
+    )
+    assert float(logs["loss"]) == pytest.approx(parts, rel=1e-5)
+
+
 def test_unknown_policy_type_suggests():
     with pytest.raises(ValueError, match="did you mean 'cot_vla'"):
         get_policy_config_class("cot_vlaa")

@@ -103,6 +103,8 @@ class TrainConfig:
         max_minutes: stop once the training loop has run this long, saving a checkpoint first; the
             schedule still spans ``optim.steps``, so ``--resume=true`` carries on where it stopped (for
             jobs with a wall-time limit: SLURM, a lent GPU's per-call limit). Single-process runs only.
+        compile: ``torch.compile`` the policy's vision encoder and backbone in place for training
+            (single-process runs; text lookup, embedding and losses stay eager). Checkpoints are unchanged.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: random seed.
     """
@@ -125,6 +127,7 @@ class TrainConfig:
     colour_swap: float = 0.0
     data_on_device: bool = True
     max_minutes: float | None = None
+    compile: bool = False
     device: str = "auto"
     seed: int = 0
 
@@ -244,6 +247,10 @@ def train_loop(
         import ray.train.torch as rtt
 
         model = rtt.prepare_model(policy)
+    elif cfg.compile:  # in place: parameter names and checkpoints stay those of the plain modules
+        for part in ("vision", "backbone"):
+            if isinstance(getattr(policy, part, None), torch.nn.Module):
+                getattr(policy, part).compile()
     if cfg.data_on_device and not ray_ctx and isinstance(dataset, PreloadedWindows):
         logger.info("batches gathered on %s (%d samples held there)", device, len(dataset))
         batches = dataset.to(device).batches(cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
@@ -277,12 +284,12 @@ def train_loop(
         gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.grad_clip or float("inf"))
         opt.step()
         sched.step()
-        for k, v in logs.items():
+        for k, v in logs.items():  # summed on the device: no host sync until a log line is due
             sums[k] = sums.get(k, 0.0) + v
         n += 1
         done = step + 1
         if rank == 0 and (done % cfg.log_every == 0 or done == cfg.optim.steps):
-            avg = {k: v / n for k, v in sums.items()}
+            avg = {k: float(v) / n for k, v in sums.items()}
             avg.update(lr=sched.get_last_lr()[0], grad_norm=float(gnorm), minutes=(time.time() - t0) / 60)
             metrics.log(done, avg)
             bar.set_postfix(loss=f"{avg['loss']:.3f}", act=f"{avg['action_loss']:.3f}")
@@ -304,7 +311,7 @@ def train_loop(
         "train_minutes": (time.time() - t0) / 60,
         "trained_steps": done,
         "complete": done >= cfg.optim.steps,
-        **logs,
+        **{k: float(v) for k, v in logs.items()},
     }
     if rank == 0:
         (out / "train_summary.json").write_text(json.dumps(result, indent=2))

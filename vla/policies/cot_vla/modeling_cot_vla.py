@@ -361,7 +361,8 @@ class CotVlaPolicy(Policy):
     # ---- training ----
 
     @override
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss and its parts; the parts are detached 0-d tensors (no host sync per step)."""
         cfg, lay = self.config, self.layout
         prefix, valid = self.embed_prefix(batch)
         b = prefix.shape[0]
@@ -388,7 +389,7 @@ class CotVlaPolicy(Policy):
             h, hm = h_all[:b], h_all[b:]
         else:
             h = self.backbone(x, self._mask(valid, slice(None), lay.total))
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}
         loss = torch.zeros((), device=h.device)
         if cfg.use_cot:
             if parallel:  # each masked position predicts its own code
@@ -400,8 +401,8 @@ class CotVlaPolicy(Policy):
                 sub_loss = F.cross_entropy(logits.flatten(0, 1), codes.flatten())
                 acc = (logits.argmax(-1) == codes).float().mean()
             loss = loss + cfg.subgoal_loss_weight * sub_loss
-            logs["subgoal_loss"] = sub_loss.item()
-            logs["subgoal_acc"] = acc.item()
+            logs["subgoal_loss"] = sub_loss.detach()
+            logs["subgoal_acc"] = acc.detach()
         target = normalize_actions(batch[ACTION], self.action_q01, self.action_q99)  # (B, h, A)
         weight = torch.ones_like(target)
         if ACTION_IS_PAD in batch:
@@ -416,8 +417,8 @@ class CotVlaPolicy(Policy):
             pred = out.squeeze(-1).view_as(target)
             act_loss = ((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1)
         loss = loss + act_loss
-        logs["action_loss"] = act_loss.item()
-        logs["action_l1"] = (((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1)).item()
+        logs["action_loss"] = act_loss.detach()
+        logs["action_l1"] = (((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1)).detach()
         if cfg.aux_target_weight > 0:
             if TARGET_POS not in batch:
                 raise KeyError(
@@ -430,10 +431,10 @@ class CotVlaPolicy(Policy):
             goal_t = (goal.nan_to_num(0.0) - self.target_mean) / self.target_std
             per_sample = (pred_t - goal_t).pow(2).mean(-1)
             aux_loss = (per_sample * has).sum() / has.sum().clamp_min(1)
-            logs["aux_target_share"] = has.float().mean().item()
+            logs["aux_target_share"] = has.float().mean().detach()
             loss = loss + cfg.aux_target_weight * aux_loss
-            logs["aux_target_loss"] = aux_loss.item()
-        logs["loss"] = loss.item()
+            logs["aux_target_loss"] = aux_loss.detach()
+        logs["loss"] = loss.detach()
         return loss, logs
 
     @torch.no_grad()
