@@ -13,9 +13,13 @@ This compares both against the true block mass on queries and keys captured from
 - ``tau``: XAttention's threshold selection on the estimate; recall vs the oracle with the same
   number of blocks per query-block row, and the density it chose;
 - ``equal_budget``: every estimator's top blocks with the per-row counts that antidiagonal S = 16
-  picks at τ, so the ranking is compared at one density.
+  picks at τ, so the ranking is compared at one density;
+- ``dense_above``: the antidiagonal τ selection plus the dense fallback (a row keeping more than
+  that share of its visible blocks keeps them all); its density and recall, rows with a
+  ``dense_above`` key after the others.
 
     python -m bench.xattn_estimators --qk_dir=<folder with the dumps> [--layers=0,3] [--seq_len=8192]
+        [--dense_above=1.0,0.7,0.6,0.5]
 
 CPU, float32, reference code only (no kernel is timed). Results: ``bench/results/xattn_estimators.json``.
 """
@@ -94,7 +98,20 @@ def top_blocks(est: Tensor, counts: Tensor, forced: Tensor, vis: Tensor) -> Tens
     return ranks < counts
 
 
-def study(q: Tensor, k: Tensor, *, strides: list[int], tau: float, block_size: int) -> list[dict]:
+def study(
+    q: Tensor,
+    k: Tensor,
+    *,
+    strides: list[int],
+    tau: float,
+    block_size: int,
+    dense_above: tuple[float, ...] = (),
+) -> list[dict]:
+    """Per-estimator rows, then the true-mass row, then the dense-fallback rows.
+
+    Each (estimator, stride) row has the τ selection's density and recall and the equal-budget
+    recall; then one antidiagonal row per stride and ``dense_above`` value (τ plus the fallback).
+    """
     t = q.shape[1]
     vis = visible_blocks(t, t, block_size, True, "cpu")
     forced = forced_blocks(t, t, block_size, "cpu") & vis
@@ -102,7 +119,7 @@ def study(q: Tensor, k: Tensor, *, strides: list[int], tau: float, block_size: i
     true = antidiagonal_block_mass_ref(q, k, stride=1, block_size=block_size)
     oracle = select_blocks_ref(true, tau, t_q=t, t_k=t, block_size=block_size, causal=True)
     base = None
-    rows = []
+    rows, fallback = [], []
     for stride in strides:
         ests = {
             "antidiagonal": antidiagonal_block_mass_ref(q, k, stride=stride, block_size=block_size),
@@ -121,10 +138,23 @@ def study(q: Tensor, k: Tensor, *, strides: list[int], tau: float, block_size: i
                     "_est": est,
                 }
             )
+        for share in dense_above:
+            keep = select_blocks_ref(
+                ests["antidiagonal"], tau, t_q=t, t_k=t, block_size=block_size, causal=True, dense_above=share
+            )
+            fallback.append(
+                {
+                    "estimator": "antidiagonal",
+                    "stride": stride,
+                    "dense_above": share,
+                    "tau_density": (keep & vis).sum().item() / n_vis,
+                    "tau_recall_vs_oracle": mass_recall(true, keep),
+                }
+            )
     for row in rows:
         row["equal_budget_recall"] = mass_recall(true, top_blocks(row.pop("_est"), base, forced, vis))
     rows.append({"estimator": "true mass", "stride": 1, "tau_density": (oracle & vis).sum().item() / n_vis})
-    return rows
+    return rows + fallback
 
 
 def load_layer(qk_dir: Path, layer: int, seq_len: int) -> tuple[Tensor, Tensor]:
@@ -152,16 +182,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strides", default="16,8,4")
     ap.add_argument("--tau", type=float, default=0.9)
     ap.add_argument("--block_size", type=int, default=64)
+    ap.add_argument("--dense_above", default="1.0,0.7,0.6,0.5", help="dense-fallback shares, in (0, 1]")
     ap.add_argument("--out_dir", type=Path, default=None)
     args = ap.parse_args(argv)
     strides = sorted((int(s) for s in args.strides.split(",")), reverse=True)
+    shares = tuple(float(x) for x in args.dense_above.split(",") if x.strip())
     rows, head = [], {}
     for layer in (int(x) for x in args.layers.split(",")):
         t0 = time.time()
         q, k = load_layer(args.qk_dir, layer, args.seq_len)
-        for r in study(q, k, strides=strides, tau=args.tau, block_size=args.block_size):
+        for r in study(q, k, strides=strides, tau=args.tau, block_size=args.block_size, dense_above=shares):
             rows.append({"layer": layer, "seq_len": args.seq_len, **r})
-            if "equal_budget_recall" in r:
+            if "dense_above" in r:
+                key = f"l{layer}_{r['estimator']}_s{r['stride']}_dense_above{r['dense_above']}"
+                head[f"{key}_recall"] = r["tau_recall_vs_oracle"]
+                head[f"{key}_density"] = r["tau_density"]
+            elif "equal_budget_recall" in r:
                 head[f"l{layer}_{r['estimator']}_s{r['stride']}_equal_budget_recall"] = r[
                     "equal_budget_recall"
                 ]

@@ -10,7 +10,7 @@ from torch import Tensor
 from kernels.block_sparse_attention.index import BlockIndex, mask_to_index
 from kernels.block_sparse_attention.op import block_sparse_attn
 from kernels.dispatch import resolve_impl
-from kernels.xattention.reference import xattn_select_ref
+from kernels.xattention.reference import check_dense_above, xattn_select_ref
 
 try:
     from kernels.xattention.triton_fwd import xattn_score_fwd, xattn_select_fwd
@@ -47,6 +47,7 @@ def xattn_select(
     impl: Literal["auto", "triton", "reference"] = "auto",
     config: dict[str, int] | None = None,
     row_share: float = 0.0,
+    dense_above: float = 1.0,
 ) -> tuple[BlockIndex, Tensor | None]:
     """Pick the key blocks each query block attends to (XAttention, ``README.md``).
 
@@ -64,6 +65,10 @@ def xattn_select(
         row_share: also keep a block when one reshaped query row (``stride`` queries) puts at least
             this share of its estimated mass there, in [0, 1]; 0 (default) is XAttention's rule alone.
             Catches needles that a 128-query block dilutes (``README.md``).
+        dense_above: dense fallback, in (0, 1]: a query-block row that, after the τ and row rules,
+            keeps more than this share of its visible blocks keeps all of them. On diffuse
+            attention the estimate ranks blocks poorly and such rows save little compute anyway.
+            1.0 (default) is off.
 
     Returns:
         ``(BlockIndex, mass or None)``: ascending kept-block lists for :func:`block_sparse_attn`.
@@ -80,6 +85,7 @@ def xattn_select(
         raise ValueError(f"tau must be in (0, 1], got {tau}")
     if not 0.0 <= row_share <= 1.0:
         raise ValueError(f"row_share must be in [0, 1], got {row_share}")
+    check_dense_above(dense_above)
     if causal and q.shape[1] > k.shape[1]:
         raise ValueError(f"causal needs Tq <= Tk, got Tq={q.shape[1]}, Tk={k.shape[1]}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -96,6 +102,7 @@ def xattn_select(
             scale=scale,
             causal=causal,
             row_share=row_share,
+            dense_above=dense_above,
         )
         return mask_to_index(mask, t_q, t_k, block_size, causal=causal), (mass if return_mass else None)
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -116,6 +123,7 @@ def xattn_select(
         causal=causal,
         return_mass=return_mass,
         row_share=row_share,
+        dense_above=dense_above,
     )
 
 
@@ -135,6 +143,7 @@ def xattention_prefill(
     fp8_scoring: bool = False,
     impl: Literal["auto", "triton", "reference"] = "auto",
     row_share: float = 0.0,
+    dense_above: float = 1.0,
 ) -> Tensor:
     """XAttention prefill: select blocks, then block-sparse attention (streaming heads in the same launch).
 
@@ -153,6 +162,7 @@ def xattention_prefill(
         fp8_scoring: score in float8 e4m3 on the Triton path (faster on Hopper; see README).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` for both stages.
         row_share: row-level keep rule on top of τ (see :func:`xattn_select`).
+        dense_above: dense fallback for rows that keep most of their blocks (see :func:`xattn_select`).
 
     Returns:
         `(B, Tq, Hq, D)`.
@@ -168,6 +178,7 @@ def xattention_prefill(
         impl=impl,
         config={"fp8": 1} if fp8_scoring else None,
         row_share=row_share,
+        dense_above=dense_above,
     )
     return block_sparse_attn(
         q,

@@ -86,6 +86,15 @@ def forced_blocks(t_q: int, t_k: int, block_size: int, device: torch.device | st
     return diag | (kb == 0)
 
 
+def check_dense_above(dense_above: float) -> None:
+    """Raise a ValueError unless ``0 < dense_above <= 1``."""
+    if not 0.0 < dense_above <= 1.0:
+        raise ValueError(
+            "dense_above must be in (0, 1]: the share of a row's visible blocks above which the row goes "
+            f"dense (1.0 turns the fallback off), got {dense_above}"
+        )
+
+
 def select_blocks_ref(
     mass: Tensor,
     tau: float,
@@ -96,6 +105,7 @@ def select_blocks_ref(
     causal: bool,
     row_max: Tensor | None = None,
     row_share: float = 0.0,
+    dense_above: float = 1.0,
 ) -> Tensor:
     """Threshold selection (XAttention ``find_blocks_chunked``) on `(B, H, NQB, NKB)` block mass.
 
@@ -109,6 +119,12 @@ def select_blocks_ref(
     of 16-64 queries inside a 128-query block) can still lose a key block that matters to them
     alone, because the other rows dilute it.
 
+    With ``dense_above < 1``, a row that after both rules keeps more than ``dense_above`` × its
+    visible blocks (token-level causal visibility) keeps all of them. On diffuse attention (a
+    learned layer 0) the antidiagonal estimate ranks blocks poorly and such rows already need most
+    of their blocks: going dense there costs little compute and recovers the mass the ranking
+    misses. ``1.0`` (default) is off: the kept count never exceeds the visible count.
+
     Returns:
         `(B, H, NQB, NKB)` bool block mask.
     """
@@ -116,6 +132,7 @@ def select_blocks_ref(
         raise ValueError(f"tau must be in (0, 1], got {tau}")
     if not 0.0 <= row_share <= 1.0:
         raise ValueError(f"row_share must be in [0, 1], got {row_share}")
+    check_dense_above(dense_above)
     if row_share > 0 and row_max is None:
         raise ValueError(
             "row_share > 0 needs row_max (from antidiagonal_block_mass_ref(..., return_row_max=True))"
@@ -136,6 +153,10 @@ def select_blocks_ref(
     keep = forced | ((cand >= cutoff) & (cand > 0))
     if row_share > 0:
         keep = keep | (vis & (row_max >= row_share) & (row_max > 0))
+    if dense_above < 1.0:  # keep is a subset of vis, so the counts compare like the kernel's
+        n_kept = keep.sum(-1, keepdim=True, dtype=torch.int32).float()
+        n_vis = vis.sum(-1, keepdim=True, dtype=torch.int32).float()
+        keep = keep | ((n_kept > dense_above * n_vis) & vis)
     return keep
 
 
@@ -149,8 +170,12 @@ def xattn_select_ref(
     scale: float | None = None,
     causal: bool = True,
     row_share: float = 0.0,
+    dense_above: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Antidiagonal scoring then threshold selection. Returns ``(block_mask, block_mass)``."""
+    """Antidiagonal scoring then threshold selection. Returns ``(block_mask, block_mass)``.
+
+    ``row_share`` and ``dense_above`` are :func:`select_blocks_ref`'s extra rules.
+    """
     mass, row_max = antidiagonal_block_mass_ref(
         q, k, stride=stride, block_size=block_size, scale=scale, causal=causal, return_row_max=True
     )
@@ -163,5 +188,6 @@ def xattn_select_ref(
         causal=causal,
         row_max=row_max,
         row_share=row_share,
+        dense_above=dense_above,
     )
     return mask, mass

@@ -262,6 +262,7 @@ def _xattn_select_kernel(
     NFULL,
     tau,
     row_share,
+    dense_above,
     T_Q,
     T_K,
     N_ROWS,
@@ -321,6 +322,11 @@ def _xattn_select_kernel(
     keep = forced | ((cand >= cutoff) & (cand > 0) & tok_vis)
     # row_share > 0: also any block where one reshaped row puts at least that share of its mass.
     keep = keep | ((row_share > 0) & (row_max >= row_share) & (row_max > 0) & vis & tok_vis)
+    # dense_above < 1: a row keeping more than that share of its visible blocks keeps them all
+    # (keep is a subset of tok_vis, so at 1.0 the test never passes).
+    n_keep = tl.sum(keep.to(tl.int32), 0).to(tl.float32)
+    n_vis = tl.sum(tok_vis.to(tl.int32), 0).to(tl.float32)
+    keep = tl.where(n_keep > dense_above * n_vis, tok_vis, keep)
     keep_i = keep.to(tl.int32)
     pos = tl.cumsum(keep_i, 0) - 1
     tl.store(IDX + row_id * N_KB + pos, kb, mask=keep)
@@ -477,8 +483,12 @@ def xattn_select_fwd(
     causal: bool,
     return_mass: bool = False,
     row_share: float = 0.0,
+    dense_above: float = 1.0,
 ) -> tuple[BlockIndex, Tensor | None]:
-    """Finalize block mass and select blocks. Returns ``(BlockIndex, mass (B, H, NQB, NKB) or None)``."""
+    """Finalize block mass and select blocks. Returns ``(BlockIndex, mass (B, H, NQB, NKB) or None)``.
+
+    ``row_share`` and ``dense_above`` are the extra rules of ``reference.select_blocks_ref``.
+    """
     r = block_size // stride
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
     dev = lse_rb.device
@@ -496,6 +506,7 @@ def xattn_select_fwd(
         n_full,
         float(tau),
         float(row_share),
+        float(dense_above),
         t_q,
         t_k,
         n_qb * r,

@@ -52,8 +52,9 @@ def test_long_prefill_routes_to_xattention(device):
     assert (low.float() - out.float()).abs().max() > 1e-3, "tau=0.3 should drop some blocks"
 
 
-def test_row_share_reaches_the_selection(device):
-    """SparsePrefillConfig.row_share is the selection's row rule: same output as xattention_prefill."""
+@pytest.mark.parametrize(("rule", "off", "on"), [("row_share", 0.0, 0.05), ("dense_above", 1.0, 0.5)])
+def test_selection_rules_reach_the_selection(rule, off, on, device):
+    """SparsePrefillConfig.row_share and .dense_above reach the selection: output as xattention_prefill."""
     from kernels.xattention import xattention_prefill
 
     q, k, v, _ = structured_qkv(
@@ -70,16 +71,17 @@ def test_row_share_reaches_the_selection(device):
         **PEAKED,
     )
     outs = {}
-    for rs in (0.0, 0.05):
+    for value in (off, on):
+        kw = {"row_share": 0.0, rule: value}
         cfg = SparsePrefillConfig(
-            method="xattention", min_len=128, tau=0.9, block_size=128, stride=8, impl="triton", row_share=rs
+            method="xattention", min_len=128, tau=0.9, block_size=128, stride=8, impl="triton", **kw
         )
-        outs[rs] = attention(q, k, v, sparse=cfg)
-        want = xattention_prefill(q, k, v, stride=8, tau=0.9, block_size=128, impl="triton", row_share=rs)
-        assert torch.equal(outs[rs], want)
+        outs[value] = attention(q, k, v, sparse=cfg)
+        want = xattention_prefill(q, k, v, stride=8, tau=0.9, block_size=128, impl="triton", **kw)
+        assert torch.equal(outs[value], want)
     dense = _dense(q, k, v).float()
-    err = {rs: ((o.float() - dense).norm() / dense.norm()).item() for rs, o in outs.items()}
-    assert err[0.05] < err[0.0], f"the row rule should bring the output closer to dense: {err}"
+    err = {value: ((o.float() - dense).norm() / dense.norm()).item() for value, o in outs.items()}
+    assert err[on] < err[off], f"{rule}={on} should bring the output closer to dense: {err}"
 
 
 def test_streaming_method_uses_windows(device):
@@ -110,6 +112,8 @@ def test_streaming_method_uses_windows(device):
         ({"method": "flash"}, "method"),
         ({"tau": 1.5}, "tau"),
         ({"row_share": 1.5}, "row_share"),
+        ({"dense_above": 0.0}, "dense_above"),
+        ({"dense_above": 1.01}, "dense_above"),
         ({"stride": 3}, "stride"),
         ({"block_size": 96}, "block_size"),
         ({"method": "streaming"}, "streaming_heads"),

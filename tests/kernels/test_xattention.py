@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels.block_sparse_attention import block_sparse_attn_ref, index_to_mask
-from kernels.block_sparse_attention.index import visible_blocks
+from kernels.block_sparse_attention.index import mask_to_index, visible_blocks
 from kernels.testing import PEAKED, assert_close, needles_kept, structured_qkv
 from kernels.xattention import antidiagonal_block_mass_ref, xattention_prefill, xattn_select, xattn_select_ref
 from kernels.xattention.reference import forced_blocks, select_blocks_ref
@@ -211,3 +211,88 @@ def test_bad_arguments():
         xattn_select(q, q, stride=3, block_size=64)
     with pytest.raises(ValueError, match="tau"):
         xattn_select(q, q, tau=0.0, block_size=64)
+
+
+def _mixed_heads_qkv(t_k: int, h_q: int, h_kv: int, *, dtype=torch.float32, device="cpu", seed: int = 3):
+    """Structured heads (sink column, local band, a needle far back) and a diffuse last query head
+    (random queries: near-uniform attention, so the τ rule keeps most of its visible blocks)."""
+    q, k, _, needles = structured_qkv(1, t_k, h_q, h_kv, 64, device=device, seed=seed, needle_len=32)
+    g = torch.Generator(device=device).manual_seed(seed)
+    q[:, :, -1] = torch.randn(1, t_k, 64, generator=g, device=device) / 8**0.5
+    return q.to(dtype), k.to(dtype), [n for n in needles if n.head != h_q - 1]
+
+
+def _apply_dense_above(
+    mask: torch.Tensor, vis: torch.Tensor, share: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fallback spelled out: rows keeping more than ``share`` of their visible blocks keep them all."""
+    dense = mask.sum(-1, keepdim=True) > share * vis.sum(-1, keepdim=True)
+    return torch.where(dense, vis.expand_as(mask), mask), dense.squeeze(-1)
+
+
+def test_dense_above_keeps_every_visible_block_of_busy_rows():
+    """Rows above the share become exactly their visible set; rows at or below it are unchanged."""
+    t, bs = 1000, 64  # ragged: the last query block holds 40 queries
+    q, k, needles = _mixed_heads_qkv(t, 4, 2)
+    kw = dict(stride=8, tau=0.9, block_size=bs, causal=True)
+    plain, _ = xattn_select_ref(q, k, **kw)
+    off, _ = xattn_select_ref(q, k, **kw, dense_above=1.0)
+    assert torch.equal(off, plain), "dense_above=1.0 must change nothing"
+    vis = visible_blocks(t, t, bs, True, "cpu")
+    fb, _ = xattn_select_ref(q, k, **kw, dense_above=0.5)
+    expected, dense = _apply_dense_above(plain, vis, 0.5)
+    assert torch.equal(fb, expected)
+    assert bool(dense[0, -1].all()), "the diffuse head should go dense in every row"
+    assert bool((~dense[0, :-1]).any()), "structured heads should keep sparse rows"
+    assert torch.equal(fb[~dense], plain[~dense])
+    assert bool((fb[dense] == vis.expand_as(fb)[dense]).all())
+    assert needles_kept(needles, fb, bs) == 1.0
+    structured = fb[0, :-1].sum().item() / (3 * vis.sum().item())
+    assert structured < 0.6, f"structured heads should stay sparse, density {structured:.3f}"
+
+
+def test_dense_above_boundary_and_bad_values():
+    """A row keeping exactly the share stays sparse; just above it, it goes dense."""
+    t, bs = 8 * 64, 64
+    mass = torch.zeros(1, 1, 8, 8)
+    mass[0, 0, 7] = torch.tensor([0.40, 0.30, 0.20, 0.03, 0.02, 0.02, 0.01, 0.02])  # τ 0.9 keeps 0, 1, 2, 7
+    kw = dict(t_q=t, t_k=t, block_size=bs, causal=True)
+    plain = select_blocks_ref(mass, 0.9, **kw)
+    assert plain[0, 0, 7].sum().item() == 4
+    assert torch.equal(select_blocks_ref(mass, 0.9, dense_above=0.5, **kw)[0, 0, 7], plain[0, 0, 7])
+    assert bool(select_blocks_ref(mass, 0.9, dense_above=0.49, **kw)[0, 0, 7].all())
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"dense_above must be in \(0, 1\]"):
+            select_blocks_ref(mass, 0.9, dense_above=bad, **kw)
+    q = torch.randn(1, 64, 2, 64)
+    with pytest.raises(ValueError, match="dense_above"):
+        xattn_select(q, q, block_size=64, dense_above=0.0)
+    with pytest.raises(ValueError, match="dense_above"):
+        xattention_prefill(q, q, q, block_size=64, dense_above=2.0)
+
+
+DENSE_ABOVE_CASES = [
+    # (Tq, Tk, Hq, Hkv, block, stride)
+    (1000, 1000, 4, 2, 64, 8),  # ragged, GQA
+    (600, 1000, 2, 1, 64, 16),  # Tq < Tk, ragged
+    (512, 512, 2, 2, 128, 4),
+]
+
+
+@pytest.mark.parametrize("dense_above", [1.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("case", DENSE_ABOVE_CASES, ids=lambda c: "Tq{}-Tk{}-H{}x{}-bs{}-S{}".format(*c))
+def test_dense_above_triton_equals_reference(case, dtype, dense_above, device):
+    t_q, t_k, h_q, h_kv, bs, stride = case
+    q, k, _ = _mixed_heads_qkv(t_k, h_q, h_kv, dtype=dtype, device=device)
+    q = q[:, t_k - t_q :]
+    kw = dict(stride=stride, tau=0.9, block_size=bs, causal=True, dense_above=dense_above)
+    index, _ = xattn_select(q, k, **kw, impl="triton")
+    ref_mask, _ = xattn_select_ref(q, k, **kw)
+    assert torch.equal(index_to_mask(index, ref_mask.shape[-1]).cpu(), ref_mask.cpu())
+    vis = visible_blocks(t_q, t_k, bs, True, "cpu")
+    ref_index = mask_to_index(ref_mask.cpu(), t_q, t_k, bs, causal=True)
+    assert torch.equal(index.cnt.cpu(), ref_index.cnt)
+    assert torch.equal(index.n_full.cpu(), ref_index.n_full)
+    if dense_above < 1.0:
+        assert bool((ref_mask.cpu()[0, -1] == vis).all()), "the diffuse head should go dense"
