@@ -283,16 +283,24 @@ DENSE_ABOVE_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("case", DENSE_ABOVE_CASES, ids=lambda c: "Tq{}-Tk{}-H{}x{}-bs{}-S{}".format(*c))
 def test_dense_above_triton_equals_reference(case, dtype, dense_above, device):
+    """The kernel's fallback keeps exactly the reference's blocks (ragged lengths, Tq < Tk, GQA)."""
     t_q, t_k, h_q, h_kv, bs, stride = case
     q, k, _ = _mixed_heads_qkv(t_k, h_q, h_kv, dtype=dtype, device=device)
     q = q[:, t_k - t_q :]
-    kw = dict(stride=stride, tau=0.9, block_size=bs, causal=True, dense_above=dense_above)
-    index, _ = xattn_select(q, k, **kw, impl="triton")
-    ref_mask, _ = xattn_select_ref(q, k, **kw)
-    assert torch.equal(index_to_mask(index, ref_mask.shape[-1]).cpu(), ref_mask.cpu())
+    kw = dict(stride=stride, tau=0.9, block_size=bs, causal=True)
+    n_kb = -(-t_k // bs)
+    index, _ = xattn_select(q, k, **kw, impl="triton", dense_above=dense_above)
+    mask = index_to_mask(index, n_kb).cpu()
+    ref_mask = xattn_select_ref(q, k, **kw, dense_above=dense_above)[0].cpu()
     vis = visible_blocks(t_q, t_k, bs, True, "cpu")
-    ref_index = mask_to_index(ref_mask.cpu(), t_q, t_k, bs, causal=True)
+    if dense_above < 1.0:  # the rule on the kernel's own τ selection: exact on any device
+        plain = index_to_mask(xattn_select(q, k, **kw, impl="triton")[0], n_kb).cpu()
+        assert torch.equal(mask, _apply_dense_above(plain, vis, dense_above)[0])
+        assert bool((mask[0, -1] == vis).all()), "the diffuse head should go dense"
+    if device.type == "cuda" and dtype == torch.float32:  # tf32 scores: near-tied blocks may flip
+        assert (mask != ref_mask).float().mean().item() <= 0.02
+        return
+    assert torch.equal(mask, ref_mask)
+    ref_index = mask_to_index(ref_mask, t_q, t_k, bs, causal=True)
     assert torch.equal(index.cnt.cpu(), ref_index.cnt)
     assert torch.equal(index.n_full.cpu(), ref_index.n_full)
-    if dense_above < 1.0:
-        assert bool((ref_mask.cpu()[0, -1] == vis).all()), "the diffuse head should go dense"
