@@ -121,7 +121,11 @@ def _collision_box(model: Any, data: Any, body_id: int) -> tuple[np.ndarray, np.
 
 
 class LiberoEnv(SimEnv):
-    """A LIBERO task (hf-libero scene) as a ``SimEnv``; init states are LIBERO's official ones."""
+    """A LIBERO task (hf-libero scene) as a ``SimEnv``.
+
+    Init states: LIBERO's official ones (``eval``), or a disjoint ``train`` bank drawn here from the same
+    placement sampler (``sim/init_states/<suite>/train/``) that demos are collected from.
+    """
 
     def _make_robosuite_env(self) -> Any:
         with _quiet():
@@ -141,11 +145,23 @@ class LiberoEnv(SimEnv):
             return TASK_MAPPING[problem](bddl, **kw)
 
     def _load_init_states(self) -> np.ndarray:
+        if self.init_split == "train":
+            # LIBERO ships one bank per task (its 50 official states, what run_eval scores on). Demos are
+            # collected from a disjoint bank drawn from the same placement sampler with another seed.
+            from sim.base import init_state_path, load_init_states
+
+            path = init_state_path(self.suite_name, self.task.name, "train")
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no train init states for {self.suite_name}/{self.task.name} at {path}: draw them "
+                    f"with `python -m sim.envs.make_init_states --suites {self.suite_name} --split train "
+                    "--num 100`"
+                )
+            states, meta = load_init_states(self.suite_name, self.task.name, "train")
+            self.init_state_meta = {"source": "sim.envs.make_init_states", **meta}
+            return states
         if self.init_split != "eval":
-            raise ValueError(
-                f"LIBERO ships one init-state bank per task (its 50 official states); there is no "
-                f"{self.init_split!r} split. Collect LIBERO demos with the default init_split='eval'."
-            )
+            raise ValueError(f"unknown init split {self.init_split!r} for LIBERO; use 'eval' or 'train'")
         states = official_init_states(self.suite_name, int(self.task.extra["benchmark_index"]))
         self.init_state_meta = {"source": "hf-libero", "file": self.task.extra["init_states_file"]}
         return states

@@ -11,6 +11,8 @@ Example:
     python -m sim.envs.make_init_states --suites robosuite_stock --tasks door --num 50
     # the disjoint training bank that demos are collected from (sim/init_states/<suite>/train/)
     python -m sim.envs.make_init_states --suites embedded_goal --split train --num 100
+    # LIBERO: only a train bank (its eval bank is LIBERO's 50 official states per task)
+    python -m sim.envs.make_init_states --suites libero_object --split train --num 100
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def generate(
     suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int = 0, split: str = "eval"
 ) -> np.ndarray:
     """Draw ``num`` init states of ``suite``/``task`` into ``split`` and write them; returns ``(num, D)``."""
+    if suite.startswith("libero_") and split != "train":
+        raise ValueError(
+            f"{suite}'s eval bank is LIBERO's official init states and is not regenerated here; "
+            "pass --split train for a demo bank"
+        )
     env = make_env(suite, task, render=RenderConfig.off())
     try:
         seed = task_seed(suite, task, base_seed + (TRAIN_SEED_OFFSET if split == "train" else 0))

@@ -262,17 +262,24 @@ def test_reset_step_contract_and_determinism(rendered_env):
         rendered_env.step(np.full(7, np.nan))
 
 
-@require_assets
-def test_expert_solves_libero_object_and_success_follows_state(object_env):
+def _expert_episode(env, init_state: int) -> tuple[float, bool, dict]:
+    """Run the scripted expert from ``init_state`` until the episode ends: ``(reward, terminated, info)``."""
     from sim.experts import make_expert
 
-    obs, _ = object_env.reset(options={"init_state": 0})
-    expert = make_expert(object_env)
+    obs, _ = env.reset(options={"init_state": init_state})
+    expert = make_expert(env)
     expert.reset()
-    for _ in range(object_env.task.max_steps):
-        obs, reward, term, trunc, info = object_env.step(expert.infer(obs)["actions"][0])
+    for _ in range(env.task.max_steps):
+        obs, reward, term, trunc, info = env.step(expert.infer(obs)["actions"][0])
         if term or trunc:
             break
+    return reward, term, info
+
+
+@require_assets
+def test_expert_solves_libero_object_and_success_follows_state(object_env):
+
+    reward, term, info = _expert_episode(object_env, 0)
     assert term
     assert info["success"]
     assert reward == 1.0
@@ -327,5 +334,57 @@ def test_expert_turns_on_the_stove_and_refuses_unsupported_goals():
     try:
         with pytest.raises(ValueError, match="one predicate"):
             make_expert(env)
+    finally:
+        env.close()
+
+
+# -- the train bank (demos are collected away from the official eval states) -------------------------
+
+
+@require_assets
+def test_train_bank_is_disjoint_from_the_official_states_and_solvable():
+    from sim.base import load_init_state_file
+    from sim.configs import RenderConfig
+    from sim.suites import get_suite, make_env
+
+    for suite in ("libero_object", "libero_spatial"):
+        for spec in get_suite(suite).tasks:
+            states, meta, arrays = load_init_state_file(suite, spec.name, "train")
+            assert states.shape[0] == 100
+            assert meta["split"] == "train"
+            assert arrays["settled_state"].shape == (100, 8)
+    env = make_env("libero_object", 0, RenderConfig.off())
+    try:
+        official = env.init_states.copy()
+        env.use_init_split("train")
+        env.reset(options={"init_state": 0})
+        train = env.init_states
+        assert train.shape == (100, official.shape[1])
+        assert env.init_state_meta["split"] == "train"
+        # every train scene differs from every official one (object placements, not only time)
+        gap = np.abs(train[:, None, 1:] - official[None, :, 1:]).max(-1)
+        assert gap.min() > 1e-3
+        assert len({tuple(np.round(s[1:], 6)) for s in train}) == 100
+        # the train scenes are the same task: the expert solves one
+        assert _expert_episode(env, 5)[2]["success"]
+    finally:
+        env.close()
+
+
+@require_assets
+def test_train_bank_missing_or_eval_regeneration_are_clear_errors(tmp_path, monkeypatch):
+    import sim.base
+    from sim.configs import RenderConfig
+    from sim.envs.make_init_states import generate
+    from sim.suites import make_env
+
+    with pytest.raises(ValueError, match="official init states"):
+        generate("libero_object", "pick_up_the_milk_and_place_it_in_the_basket", num=2, split="eval")
+    monkeypatch.setattr(sim.base, "INIT_STATES_DIR", tmp_path)
+    env = make_env("libero_object", 0, RenderConfig.off())
+    try:
+        env.use_init_split("train")
+        with pytest.raises(FileNotFoundError, match="make_init_states --suites libero_object --split train"):
+            env.reset(options={"init_state": 0})
     finally:
         env.close()
