@@ -140,7 +140,7 @@ def report(
             bs = sum(round(r["success_rate"] * r["episodes"]) for r in base.values())
             bn = sum(r["episodes"] for r in base.values())
             headline[f"multitask_no_cot_baseline_same_tasks_{run}"] = bs / bn
-    return write_results(
+    path = write_results(
         name,
         rows=rows,
         headline=headline,
@@ -148,6 +148,45 @@ def report(
         device=device,
         out_dir=out,
     )
+    plot(rows, path.with_suffix(".png"), title=f"{name}: closed-loop success per task")
+    return path
+
+
+def plot(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Bar chart of each run's success per task with Wilson 95 % intervals, written atomically (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.run_eval import wilson_ci
+    from vla.fileio import atomic_file
+
+    tasks = sorted({t for r in rows for t in r["tasks"]})
+    width = 0.8 / max(len(tasks), 1)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows)), 3.6))
+    for j, task in enumerate(tasks):
+        xs, ys, lo, hi = [], [], [], []
+        for i, r in enumerate(rows):
+            if task not in r["tasks"]:
+                continue
+            k, n = r["tasks"][task][:2]
+            a, b = wilson_ci(k, n)
+            xs.append(i + (j - (len(tasks) - 1) / 2) * width)
+            ys.append(k / n)
+            lo.append(max(k / n - a, 0.0))  # the interval is rounded: keep the bars' whiskers >= 0
+            hi.append(max(b - k / n, 0.0))
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=task.replace("_", " "))
+    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success (95 % CI)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

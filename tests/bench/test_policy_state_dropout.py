@@ -90,6 +90,9 @@ def test_report_sums_tasks_reads_logs_and_refuses_incomplete_evals(tmp_path):
     assert film.name == "policy_film.json"
     assert path.is_file()
     assert json.loads(film.read_text())["device"] == "GPU Z"
+    png = film.with_suffix(".png").read_bytes()  # the picture beside the numbers
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) > 5000
     bad = _eval(tmp_path, "b", {"put_red_cube_on_plate": (3, 10)}, complete=False)
     with pytest.raises(SystemExit, match="incomplete"):
         psd.report([["x", str(log), bad]], tmp_path / "out")
