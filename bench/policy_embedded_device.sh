@@ -26,7 +26,7 @@
 # Run folders land in $PE_OUT (default /tmp/pe); logs, metrics, bench_train.json and the merged eval
 # results come back through $OUT. Checkpoints stay there (73 MB CoT, 206 MB ACT: over $OUT's 16 MiB).
 set -uo pipefail
-stage=${1:?usage: policy_embedded_device.sh setup|train|eval [args]}
+stage=${1:?usage: policy_embedded_device.sh wheels|setup|train|eval|fetch [args]}
 shift
 PE_OUT=${PE_OUT:-/tmp/pe}
 OUT=${OUT:-/tmp/out}
@@ -78,6 +78,10 @@ run_eval_shards() {  # every variant whose checkpoint exists; completed shards a
     --out_dir /tmp/evals --export_dir "$OUT" -- --video=false 2>&1 | tail -n 30
 }
 case $stage in
+  wheels)  # draccus' wheels only (a tokenizer carried in, e.g. data/tok, makes setup's training moot)
+    install_wheels data/carry_whl/*.whl || exit 1
+    ls /tmp/site
+    ;;
   setup)
     install_wheels data/carry_whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD STEPS=${PROBE_STEPS:-150} BATCH=${BATCH:-256}
