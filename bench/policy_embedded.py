@@ -84,8 +84,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--max_minutes={args.max_minutes}")
     if args.resume:
         overrides.append("--resume=true")
-    if args.compile:
-        overrides.append("--compile=true")
+    if args.compile is not None:
+        overrides.append(f"--compile={args.compile}")
     if args.log_every:
         overrides.append(f"--log_every={args.log_every}")
     if args.film_dim is not None:
@@ -211,7 +211,12 @@ def main() -> None:
     ap.add_argument("--image_shift", type=int, default=None, help="override image_shift (pixels)")
     ap.add_argument("--max_minutes", type=float, default=0.0, help="stop with a checkpoint after this long")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the policy for training")
+    ap.add_argument(
+        "--compile",
+        choices=("true", "false"),
+        default=None,
+        help="torch.compile vision and backbone for training (default: the config's)",
+    )
     ap.add_argument("--log_every", type=int, default=0, help="override log_every (0 keeps the config's)")
     ap.add_argument("--lr", type=float, default=0.0, help="override optim.lr (0 keeps the config's)")
     ap.add_argument(

@@ -61,7 +61,7 @@ def measure(args: argparse.Namespace, variant: str, mode: str, out_dir: Path, ex
         f"--device={args.device}",
         f"--seed={args.seed}",
         *([f"--log_every={args.log_every}"] if args.log_every else []),
-        *(["--compile"] if mode == "compile" else []),
+        f"--compile={str(mode == 'compile').lower()}",
         *([f"--tokenizer_path={args.tokenizer_path}"] if variant == "cot" and args.tokenizer_path else []),
         *(["--tokenizer_steps=0"] if variant == "cot" and not args.tokenizer_path else []),
         *extra,

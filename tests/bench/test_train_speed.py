@@ -39,3 +39,39 @@ def test_too_few_lines_or_no_elapsed_time_are_clear_errors(tmp_path):
     flat = _metrics(tmp_path, [{"step": s, "minutes": 0.5} for s in (5, 10, 15)])
     with pytest.raises(ValueError, match="no time passed"):
         step_rate(flat)
+
+
+def test_each_mode_sets_compile_explicitly(tmp_path, monkeypatch):
+    # the GPU config turns compile on, so the eager run must turn it off, not inherit it
+    import argparse
+    import subprocess
+
+    from bench import train_speed
+
+    seen = []
+
+    def fake_run(cmd, check):
+        seen.append(cmd)
+        out = next(c.split("=", 1)[1] for c in cmd if c.startswith("--out_dir="))
+        variant = next(c.split("=", 1)[1] for c in cmd if c.startswith("--variant="))
+        run_dir = tmp_path / out / variant
+        run_dir.mkdir(parents=True)
+        rows = [{"step": s, "minutes": s / 600, "loss": 1.0, "action_loss": 1.0} for s in (10, 20, 30)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = argparse.Namespace(
+        windows="w",
+        train_config="c.yaml",
+        steps=30,
+        batch_size=8,
+        device="cpu",
+        seed=0,
+        log_every=10,
+        tokenizer_path=None,
+    )
+    for mode in train_speed.MODES:
+        row = train_speed.measure(args, "no_cot", mode, tmp_path, [])
+        assert row["steps_per_s"] == pytest.approx(10.0)  # 10 steps per 1/60 min
+    assert "--compile=false" in seen[0]
+    assert "--compile=true" in seen[1]
