@@ -17,9 +17,16 @@ or draccus and reaches no registry, and one `run` call carries at most 64 MiB. T
 
 ``scripts/device/setup_env.sh`` installs it on the machine; ``scripts/device/README.md`` shows a call.
 
+With ``--libero_suites`` (e.g. ``libero_object``) it also builds ``.devbundle_libero/``, carried in a call
+of its own (with ``.devbundle`` the pair is over 64 MiB): ``libero_assets.tar.xz`` (only the files of
+LIBERO's asset tree that those suites' scenes load, found the same way, plus the entries
+`sim.libero_setup` checks for), ``whl/`` (`LIBERO_WHEELS`) and its ``MANIFEST.json``; the robosuite
+archive then also holds the robosuite assets those scenes load. ``setup_env.sh`` installs it when present.
+
 Usage:
     .venv/bin/python scripts/device/make_bundle.py                       # embedded_goal scenes
     .venv/bin/python scripts/device/make_bundle.py --suites embedded_goal robosuite_stock
+    .venv/bin/python scripts/device/make_bundle.py --libero_suites libero_object
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ WHEELS = (
     "typing-inspect==0.9.0",  # draccus pins ~=0.9.0; the image's version is not pinned
     "mypy-extensions==1.2.0",
 )
+# What hf-libero's envs import that the machine lacks (the rest of its long requirement list is never
+# imported by sim.envs.libero). bddl ships only an sdist: it is built into a wheel here.
+LIBERO_WHEELS = ("hf-libero==0.1.4", "bddl==1.0.1", "easydict==1.14", "future==1.0.0", "dill==0.4.1")
+LIBERO_TAR = "libero_assets.tar.xz"
 PIP_PLATFORMS = (
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
@@ -74,19 +85,30 @@ def robosuite_root() -> Path:
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
-def collect_assets(suites: list[str]) -> list[str]:
-    """Paths (relative to the robosuite package) of every asset file that the suites' envs load.
+def libero_assets_root() -> Path | None:
+    """The real path of the local LIBERO asset tree (`sim.libero_setup`); None without local assets."""
+    from sim.libero_setup import resolve_local_assets
+
+    found = resolve_local_assets()
+    return None if found is None else Path(os.path.realpath(found))
+
+
+def collect_assets(suites: list[str]) -> tuple[list[str], list[str]]:
+    """Asset files that the suites' envs load: ``(robosuite's, LIBERO's)``, relative to their roots.
 
     Builds each task's env without rendering and resets it to init state 0. Must run before anything
     imports robosuite in this process, so that the audit hook sees the XMLs robosuite reads at import.
+    The second list is empty unless a LIBERO suite is among ``suites``.
     """
     root = robosuite_root()
+    lib = libero_assets_root() if any(s.startswith("libero_") for s in suites) else None
+    roots = [r for r in (root, lib) if r is not None]
     opened: set[Path] = set()
 
     def hook(event: str, args: tuple) -> None:
         if event == "open" and isinstance(args[0], str | Path):
             p = Path(os.path.realpath(args[0]))
-            if p.is_relative_to(root):
+            if any(p.is_relative_to(r) for r in roots):
                 opened.add(p)
 
     sys.addaudithook(hook)
@@ -101,20 +123,22 @@ def collect_assets(suites: list[str]) -> list[str]:
                 env.reset(options={"init_state": 0})
                 for name in FILE_ATTR.findall(env.rs_env.model.get_xml()):
                     p = Path(os.path.realpath(name))
-                    if not p.is_absolute() or not p.is_relative_to(root):
+                    if not p.is_absolute() or not any(p.is_relative_to(r) for r in roots):
                         raise RuntimeError(
                             f"{suite}/{task.name}: asset {name!r} lies outside robosuite ({root})"
+                            + (f" and LIBERO's assets ({lib})" if lib else "")
                         )
                     referenced.add(p)
             finally:
                 env.close()
-    assets = root / "models" / "assets"
     missing = [p for p in referenced if not p.is_file()]
     if missing:
-        raise RuntimeError(f"referenced assets missing from the installed robosuite: {missing[:5]}")
-    return sorted(
-        str(p.relative_to(root)) for p in referenced | opened if p.is_relative_to(assets) and p.is_file()
-    )
+        raise RuntimeError(f"referenced assets missing from the installed packages: {missing[:5]}")
+    found = {p for p in referenced | opened if p.is_file()}
+    assets = root / "models" / "assets"
+    rs = sorted(str(p.relative_to(root)) for p in found if p.is_relative_to(assets))
+    lb = sorted(str(p.relative_to(lib)) for p in found if lib is not None and p.is_relative_to(lib))
+    return rs, lb
 
 
 def package_files(root: Path, assets: list[str]) -> list[str]:
@@ -184,6 +208,51 @@ def download_wheels(dest: Path) -> list[str]:
     return wheels
 
 
+def build_wheels(dest: Path, specs: tuple[str, ...]) -> list[str]:
+    """``pip wheel --no-deps`` each spec into ``dest``; keep the ones already there.
+
+    Sdists are built here; all of `LIBERO_WHEELS` are pure Python, so the wheels install on the
+    machine's Python 3.12.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    have = {w.name.split("-")[0].lower().replace("_", "-") for w in dest.glob("*.whl")}
+    need = [w for w in specs if w.split("==")[0].lower().replace("_", "-") not in have]
+    if need:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest), *need], check=True
+        )
+    wheels = sorted(w.name for w in dest.glob("*.whl"))
+    for w in wheels:
+        if not w.endswith("-none-any.whl"):
+            raise RuntimeError(f"{w} is not a pure-Python wheel; the machine runs CPython 3.12")
+    return wheels
+
+
+def write_libero_tar(dest: Path, lib: Path, files: list[str]) -> int:
+    """Write ``libero_assets/<files>`` into a reproducible tar.xz; return its size.
+
+    The entries `sim.libero_setup` checks for a complete tree (the four object folders, the tabletop
+    scene) are added too, so ``VLA_LIBERO_ASSETS`` accepts the trimmed folder.
+    """
+    from sim.libero_setup import REQUIRED_ASSET_ENTRIES
+
+    names = sorted(set(files) | {e for e in REQUIRED_ASSET_ENTRIES if (lib / e).is_file()})
+    dirs = sorted(e for e in REQUIRED_ASSET_ENTRIES if (lib / e).is_dir())
+    tmp = dest.with_suffix(".tmp")
+    with tarfile.open(tmp, "w:xz", preset=6) as tar:
+        for d in dirs:
+            info = tarfile.TarInfo(f"libero_assets/{d}")
+            info.type, info.mtime, info.mode = tarfile.DIRTYPE, 0, 0o755
+            tar.addfile(info)
+        for f in names:
+            data = (lib / f).read_bytes()
+            info = tarfile.TarInfo(f"libero_assets/{f}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(dest)
+    return dest.stat().st_size
+
+
 def download_debs(dest: Path) -> list[str]:
     """Fetch the amd64 GL loader debs with apt-get download (README's recipe); keep the ones already there."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -207,14 +276,19 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / ".devbundle")
     ap.add_argument("--suites", nargs="+", default=["embedded_goal"])
+    ap.add_argument("--libero_suites", nargs="*", default=[], help="also build the LIBERO bundle for these")
+    ap.add_argument("--libero_out", type=Path, default=REPO / ".devbundle_libero")
     ap.add_argument("--max_mib", type=float, default=40.0, help="fail when the bundle is larger")
     ap.add_argument("--force", action="store_true", help="rewrite the robosuite archive even if unchanged")
     args = ap.parse_args(argv)
+    bad = [s for s in args.libero_suites if not s.startswith("libero_")]
+    if bad:
+        raise SystemExit(f"--libero_suites takes LIBERO suites (libero_object, ...), got {bad}")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
     root = robosuite_root()
-    assets = collect_assets(args.suites)
+    assets, libero_assets = collect_assets([*args.suites, *args.libero_suites])
     files = package_files(root, assets)
     digest = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
     manifest_path = out / "MANIFEST.json"
@@ -235,6 +309,10 @@ def main(argv: list[str] | None = None) -> None:
             str(Path(__file__).with_name("make_text_cache.py")),
             "--out",
             str(out / "textcache"),
+            "--suites",
+            "embedded_goal",
+            "robosuite_stock",
+            *args.libero_suites,
         ],
         check=True,
     )
@@ -242,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     import robosuite
 
     manifest = {
-        "suites": args.suites,
+        "suites": [*args.suites, *args.libero_suites],
         "robosuite_version": robosuite.__version__,
         "robosuite_files_sha256": digest,
         "robosuite_assets": assets,
@@ -260,11 +338,39 @@ def main(argv: list[str] | None = None) -> None:
     total = tree_size(out) / 2**20
     for name, mib in manifest["sizes_mib"].items():
         print(f"  {name:<18} {mib:6.2f} MiB")
-    print(f"bundle {out}: {total:.2f} MiB ({len(assets)} robosuite asset files for {', '.join(args.suites)})")
+    suites = ", ".join(manifest["suites"])
+    print(f"bundle {out}: {total:.2f} MiB ({len(assets)} robosuite asset files for {suites})")
     if total > args.max_mib:
         raise SystemExit(
             f"bundle is {total:.1f} MiB, over --max_mib={args.max_mib}: a run call carries 64 MiB"
         )
+    if args.libero_suites:
+        write_libero_bundle(args.libero_out, args.libero_suites, libero_assets, args.max_mib)
+
+
+def write_libero_bundle(out: Path, suites: list[str], files: list[str], max_mib: float) -> None:
+    """``.devbundle_libero/``: the trimmed LIBERO asset tree, `LIBERO_WHEELS` and a manifest."""
+    lib = libero_assets_root()
+    if lib is None:
+        raise SystemExit("no local LIBERO assets (install the `libero` extra) to trim")
+    out.mkdir(parents=True, exist_ok=True)
+    write_libero_tar(out / LIBERO_TAR, lib, files)
+    wheels = build_wheels(out / "whl", LIBERO_WHEELS)
+    manifest = {
+        "suites": suites,
+        "libero_assets": files,
+        "libero_assets_mib": round(sum((lib / f).stat().st_size for f in files) / 2**20, 2),
+        "wheels": wheels,
+        "sizes_mib": {
+            LIBERO_TAR: round((out / LIBERO_TAR).stat().st_size / 2**20, 2),
+            "whl": round(tree_size(out / "whl") / 2**20, 2),
+        },
+    }
+    (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    total = tree_size(out) / 2**20
+    print(f"bundle {out}: {total:.2f} MiB ({len(files)} LIBERO asset files for {', '.join(suites)})")
+    if total > max_mib * 1.5:
+        raise SystemExit(f"LIBERO bundle is {total:.1f} MiB: with the working tree a call carries 64 MiB")
 
 
 if __name__ == "__main__":

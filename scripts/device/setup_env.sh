@@ -45,6 +45,25 @@ print("setup_env: EGL renderer:", GL.glGetString(GL.GL_RENDERER).decode()); c.fr
     echo "$stamp" > "$site/.bundle_stamp"
     echo "setup_env: installed $bundle into $site in $((SECONDS - t0)) s"
   fi
+  # LIBERO (make_bundle.py --libero_suites ...): carried in a call of its own; installed into the same
+  # site (after the main bundle, which would wipe it), with its own stamp.
+  local lbundle=${VLA_LIBERO_BUNDLE:-$PWD/.devbundle_libero} lstamp
+  if [ -f "$lbundle/MANIFEST.json" ]; then
+    lstamp=$(sha256sum "$lbundle/MANIFEST.json" | cut -c1-16)
+    if [ "$(cat "$site/.libero_stamp" 2>/dev/null)" != "$lstamp" ]; then
+      local t1=$SECONDS
+      rm -rf "$site/libero_assets"
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "$lbundle"/whl/*.whl || return 1
+      python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+        "$lbundle/libero_assets.tar.xz" "$site" || return 1
+      echo "$lstamp" > "$site/.libero_stamp"
+      echo "setup_env: installed $lbundle into $site in $((SECONDS - t1)) s"
+    fi
+  fi
+  if [ -f "$site/.libero_stamp" ]; then  # sim.libero_setup writes LIBERO's config and links these assets
+    export VLA_LIBERO_ASSETS=$site/libero_assets LIBERO_CONFIG_PATH=${LIBERO_CONFIG_PATH:-$site/libero_config}
+  fi
   export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH}
   if [ -z "${VLA_TEXT_CACHE:-}" ] && [ -d "$bundle/textcache" ]; then
     VLA_TEXT_CACHE=$(printf '%s:' "$bundle"/textcache/*.safetensors)

@@ -86,6 +86,79 @@ def test_trimmed_robosuite_runs_every_embedded_goal_task(bundle_site: Path) -> N
     assert not failed, f"expert failed with the trimmed robosuite: {failed}"
 
 
+LIBERO_BUNDLE = REPO / ".devbundle_libero"
+
+LIBERO_CHECK = """
+import json, os, sys
+from pathlib import Path
+site = Path(sys.argv[1]).resolve()
+import robosuite
+from sim.envs.libero import _benchmark
+_benchmark("libero_object")  # what building a suite does first: LIBERO's config, then the asset link
+import libero.libero as L
+assert Path(robosuite.__file__).resolve().is_relative_to(site), robosuite.__file__
+assert Path(L.__file__).resolve().is_relative_to(site), L.__file__
+from sim.configs import RenderConfig
+from sim.policies import ChunkExecutor, make_policy
+from sim.run_eval import run_episode
+from sim.suites import get_suite, make_env
+out = {"assets": os.path.realpath(L.get_libero_path("assets")), "tasks": {}}
+for i, task in enumerate(get_suite("libero_object").tasks):
+    env = make_env("libero_object", task.name, render=RenderConfig(image_size=64))
+    obs, _ = env.reset(seed=0, options={"init_state": 0})
+    rec = {"img_std": float(obs["observation.images.agentview"].std())}
+    if i == 0:
+        rec["success"] = run_episode(env, ChunkExecutor(make_policy("expert", env)), 0, seed=0).success
+    out["tasks"][task.name] = rec
+    env.close()
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # needs both built bundles (make_bundle.py --libero_suites libero_object)
+@pytest.mark.sim
+def test_libero_bundle_runs_libero_object_from_the_trimmed_trees(tmp_path: Path) -> None:
+    if not (ARCHIVE.is_file() and (LIBERO_BUNDLE / "MANIFEST.json").is_file()):
+        pytest.skip("bundles not built (run scripts/device/make_bundle.py --libero_suites libero_object)")
+    site = tmp_path / "site"
+    with tarfile.open(ARCHIVE) as tar:
+        tar.extractall(site, filter="data")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site)]
+        + [str(w) for w in sorted((LIBERO_BUNDLE / "whl").glob("*.whl"))],
+        check=True,
+    )
+    with tarfile.open(LIBERO_BUNDLE / "libero_assets.tar.xz") as tar:
+        tar.extractall(site, filter="data")
+    manifest = json.loads((LIBERO_BUNDLE / "MANIFEST.json").read_text())
+    assert all((site / "libero_assets" / f).is_file() for f in manifest["libero_assets"])
+    # trimmed: the ten scenes' files (and setup's check entries), not the 585-file tree
+    assert sum(f.is_file() for f in (site / "libero_assets").rglob("*")) < 60
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{site}{os.pathsep}{REPO}",
+        VLA_LIBERO_ASSETS=str(site / "libero_assets"),  # what setup_env.sh exports
+        LIBERO_CONFIG_PATH=str(tmp_path / "libero_config"),
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", LIBERO_CHECK, str(site)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(
+        next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")).removeprefix("RESULT ")
+    )
+    assert Path(out["assets"]) == (site / "libero_assets").resolve()  # not the venv's full tree
+    assert len(out["tasks"]) == 10
+    assert all(t["img_std"] > 5 for t in out["tasks"].values()), out["tasks"]
+    assert next(iter(out["tasks"].values()))["success"]
+
+
 def _eval_shards():
     import importlib.util
 
