@@ -63,13 +63,11 @@ def test_bundle_manifest_lists_what_the_archive_holds(bundle_site: Path) -> None
     assert list(bundle_site.glob("robosuite-*.dist-info/METADATA"))
 
 
-@pytest.mark.slow
-@pytest.mark.sim
-def test_trimmed_robosuite_runs_every_embedded_goal_task(bundle_site: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=f"{bundle_site}{os.pathsep}{REPO}")
+def _run_in_site(code: str, site: Path, **env: str) -> dict:
+    """Run ``code`` in a subprocess with ``site`` first on PYTHONPATH; return its ``RESULT`` JSON line."""
     res = subprocess.run(
-        [sys.executable, "-c", CHECK, str(bundle_site)],
-        env=env,
+        [sys.executable, "-c", code, str(site)],
+        env=dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{REPO}", **env),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -78,7 +76,13 @@ def test_trimmed_robosuite_runs_every_embedded_goal_task(bundle_site: Path) -> N
     )
     assert res.returncode == 0, res.stderr[-3000:]
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT "))
-    out = json.loads(line.removeprefix("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_trimmed_robosuite_runs_every_embedded_goal_task(bundle_site: Path) -> None:
+    out = _run_in_site(CHECK, bundle_site)
     assert out["versions"]["robosuite"] == "1.4.0"  # the dist-info travelled with the package
     assert len(out["episodes"]) == 9
     assert all(e["img_std"] > 5 for e in out["episodes"].values()), out["episodes"]  # rendered, textured
@@ -134,24 +138,11 @@ def test_libero_bundle_runs_libero_object_from_the_trimmed_trees(tmp_path: Path)
     assert all((site / "libero_assets" / f).is_file() for f in manifest["libero_assets"])
     # trimmed: the ten scenes' files (and setup's check entries), not the 585-file tree
     assert sum(f.is_file() for f in (site / "libero_assets").rglob("*")) < 60
-    env = dict(
-        os.environ,
-        PYTHONPATH=f"{site}{os.pathsep}{REPO}",
+    out = _run_in_site(
+        LIBERO_CHECK,
+        site,
         VLA_LIBERO_ASSETS=str(site / "libero_assets"),  # what setup_env.sh exports
         LIBERO_CONFIG_PATH=str(tmp_path / "libero_config"),
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", LIBERO_CHECK, str(site)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(
-        next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")).removeprefix("RESULT ")
     )
     assert Path(out["assets"]) == (site / "libero_assets").resolve()  # not the venv's full tree
     assert len(out["tasks"]) == 10
