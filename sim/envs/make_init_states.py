@@ -11,7 +11,8 @@ Example:
     python -m sim.envs.make_init_states --suites robosuite_stock --tasks door --num 50
     # the disjoint training bank that demos are collected from (sim/init_states/<suite>/train/)
     python -m sim.envs.make_init_states --suites embedded_goal --split train --num 100
-    # LIBERO: only a train bank (its eval bank is LIBERO's 50 official states per task)
+    # LIBERO: only a train bank (its eval bank is LIBERO's 50 official states per task); refused for a
+    # scene whose drawn states do not look like the official ones (check_like_official)
     python -m sim.envs.make_init_states --suites libero_object --split train --num 100
 """
 
@@ -41,6 +42,31 @@ TRAIN_SEED_OFFSET = 1_000_003
 """Added to ``base_seed`` for the train split, so its placements never replay the eval bank's."""
 
 
+MAX_MEAN_SHIFT = 0.05
+"""How far a drawn bank's mean ``qpos`` may sit from the official bank's, in any dimension (m or rad)."""
+
+
+def check_like_official(suite: str, task: str, env, states: np.ndarray) -> None:
+    """Refuse a LIBERO train bank whose scenes do not look like LIBERO's official ones.
+
+    Compares the mean ``qpos`` of the drawn states with that of the official 50. hf-libero's placement
+    sampler reproduces the official layout of every libero_object scene (means within 5 mm), but not
+    of five libero_spatial scenes (the bowl on the stove lands 0.4 m from its official spot and the
+    expert fails there): demos from such a bank would teach other scenes than the ones run_eval scores.
+    """
+    from sim.envs.libero import official_init_states
+
+    official = official_init_states(suite, int(env.task.extra["benchmark_index"]))
+    nq = env.rs_env.sim.model.nq
+    shift = np.abs(states[:, 1 : 1 + nq].mean(0) - official[:, 1 : 1 + nq].mean(0)).max()
+    if shift > MAX_MEAN_SHIFT:
+        raise ValueError(
+            f"{suite}/{task}: the drawn init states' mean qpos is {shift:.3f} away from the official states' "
+            f"(limit {MAX_MEAN_SHIFT}): hf-libero's placement sampler does not reproduce this scene's "
+            "official layout, so no train bank is written"
+        )
+
+
 def generate(
     suite: str, task: str, num: int = NUM_INIT_STATES, base_seed: int = 0, split: str = "eval"
 ) -> np.ndarray:
@@ -59,6 +85,8 @@ def generate(
             states = np.stack([env.sample_init_state() for _ in range(num)])
         finally:
             np.random.set_state(rng_state)
+        if suite.startswith("libero_"):
+            check_like_official(suite, task, env, states)
         env._init_states = states
         # Golden start states: observation.state after restore + wait steps, for drift tests.
         settled, settled_qpos = [], []

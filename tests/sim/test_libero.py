@@ -347,12 +347,11 @@ def test_train_bank_is_disjoint_from_the_official_states_and_solvable():
     from sim.configs import RenderConfig
     from sim.suites import get_suite, make_env
 
-    for suite in ("libero_object", "libero_spatial"):
-        for spec in get_suite(suite).tasks:
-            states, meta, arrays = load_init_state_file(suite, spec.name, "train")
-            assert states.shape[0] == 100
-            assert meta["split"] == "train"
-            assert arrays["settled_state"].shape == (100, 8)
+    for spec in get_suite("libero_object").tasks:
+        states, meta, arrays = load_init_state_file("libero_object", spec.name, "train")
+        assert states.shape[0] == 100
+        assert meta["split"] == "train"
+        assert arrays["settled_state"].shape == (100, 8)
     env = make_env("libero_object", 0, RenderConfig.off())
     try:
         official = env.init_states.copy()
@@ -367,6 +366,25 @@ def test_train_bank_is_disjoint_from_the_official_states_and_solvable():
         assert len({tuple(np.round(s[1:], 6)) for s in train}) == 100
         # the train scenes are the same task: the expert solves one
         assert _expert_episode(env, 5)[2]["success"]
+    finally:
+        env.close()
+
+
+@require_assets
+def test_a_bank_unlike_the_official_one_is_refused():
+    from sim.base import load_init_states
+    from sim.configs import RenderConfig
+    from sim.envs.make_init_states import check_like_official
+    from sim.suites import make_env
+
+    env = make_env("libero_object", 0, RenderConfig.off())
+    try:
+        states, _ = load_init_states("libero_object", env.task.name, "train")
+        check_like_official("libero_object", env.task.name, env, states)  # the committed bank passes
+        moved = states.copy()
+        moved[:, 1 + env.rs_env.sim.model.nq - 1] += 0.2  # one qpos entry (the last) 0.2 off
+        with pytest.raises(ValueError, match="does not reproduce"):
+            check_like_official("libero_object", env.task.name, env, moved)
     finally:
         env.close()
 
