@@ -70,9 +70,9 @@ train_all() {  # $1 = run folder; the rest go to bench.policy_embedded train (st
 run_eval_shards() {  # every variant whose checkpoint exists; completed shards are skipped
   local args=() v
   for v in cot no_cot lerobot_act; do [ -d "$(ckpt $v)" ] && args+=(--policy "$v=$(ckpt $v)"); done
-  local jobs=${#args[@]}
-  jobs=$((jobs / 2))
-  local envs=$(( ($(nproc) - jobs) / jobs ))
+  local jobs=$(( ${#args[@]} / 2 ))  # one shard process per variant (EVAL_JOBS overrides)
+  jobs=${EVAL_JOBS:-$jobs}
+  local envs=${EVAL_ENVS:-$(( ($(nproc) - jobs) / jobs ))}
   python3 scripts/device/eval_shards.py "${args[@]}" --episodes 50 --parts 1 --jobs "$jobs" --vector_envs "$envs" \
     --policy_device cuda --text_cache .devbundle/textcache --time_limit_s "${EVAL_LIMIT:-500}" \
     --out_dir /tmp/evals --export_dir "$OUT" -- --video=false 2>&1 | tail -n 30
