@@ -164,7 +164,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> Path:
 
     tasks = sorted({t for r in rows for t in r["tasks"]})
     width = 0.8 / max(len(tasks), 1)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows)) + 2.4, 3.6))
     for j, task in enumerate(tasks):
         xs, ys, lo, hi = [], [], [], []
         for i, r in enumerate(rows):
@@ -181,7 +181,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> Path:
     ax.set_ylim(0, 1)
     ax.set_ylabel("success (95 % CI)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 1.0
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
