@@ -94,6 +94,8 @@ def train_variant(args: argparse.Namespace) -> dict:
         overrides.append(f"--policy.aux_target_weight={args.aux_target_weight}")
     if args.state_dropout is not None:
         overrides.append(f"--policy.state_dropout={args.state_dropout}")
+    if args.subgoal_noise is not None:
+        overrides.append(f"--policy.subgoal_noise={args.subgoal_noise}")
     if args.colour_swap is not None:
         overrides.append(f"--colour_swap={args.colour_swap}")
     cfg = draccus.parse(TrainConfig, config_path=args.train_config, args=overrides)
@@ -111,6 +113,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         "film_dim": getattr(cfg.policy.vision, "film_dim", 0),
         "aux_target_weight": getattr(cfg.policy, "aux_target_weight", 0.0),
         "state_dropout": getattr(cfg.policy, "state_dropout", 0.0),
+        "subgoal_noise": getattr(cfg.policy, "subgoal_noise", 0.0),
         "colour_swap": cfg.colour_swap,
         "compile": cfg.compile,
         "tokenizer_path": args.tokenizer_path,
@@ -244,6 +247,12 @@ def main() -> None:
         type=float,
         default=None,
         help="policy.state_dropout (share of samples trained without the robot state token)",
+    )
+    ap.add_argument(
+        "--subgoal_noise",
+        type=float,
+        default=None,
+        help="policy.subgoal_noise (largest share of input subgoal codes replaced by random ones)",
     )
     ap.add_argument(
         "--colour_swap",

@@ -352,6 +352,16 @@ class CotVlaPolicy(Policy):
             images = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         return self.tokenizer.encode(images.float())
 
+    def _noisy_codes(self, codes: Tensor) -> Tensor:
+        """Training input codes: a uniform share in ``[0, subgoal_noise]`` of each sample's codes replaced
+        by random ones (``config.subgoal_noise``); the codes themselves outside training or at 0."""
+        p = self.config.subgoal_noise
+        if p <= 0 or not self.training:
+            return codes
+        share = torch.rand(codes.shape[0], 1, device=codes.device) * p
+        hit = torch.rand(codes.shape, device=codes.device) < share
+        return torch.where(hit, torch.randint_like(codes, self.config.tokenizer.codebook_size), codes)
+
     def _mask(self, valid: Tensor, rows: slice, end: int) -> Tensor:
         return self.mask[rows, :end][None, None] & valid[:, None, None, :end]  # (B, 1, Tq, Tk)
 
@@ -371,7 +381,7 @@ class CotVlaPolicy(Policy):
             if SUBGOAL_IMAGE not in batch:
                 raise KeyError(f"CoT training needs batch[{SUBGOAL_IMAGE!r}] (the frame k steps ahead)")
             codes = self.subgoal_codes(batch[SUBGOAL_IMAGE])
-            parts += [self.boi.expand(b, 1, -1), self.code_embed(codes), self.eoi.expand(b, 1, -1)]
+            parts += [self.boi.expand(b, 1, -1), self.code_embed(self._noisy_codes(codes)), self.eoi.expand(b, 1, -1)]
         parts.append(self._queries(b))
         x = torch.cat([p.to(prefix.dtype) for p in parts], 1)
         parallel = cfg.use_cot and cfg.subgoal_decoding == "parallel"
