@@ -13,7 +13,9 @@ from bench import policy_embedded as pe
 def _eval(tasks: dict[str, tuple[int, int]], complete: bool = True, missing=()) -> dict:
     return {
         "mean_success": sum(k / n for k, n in tasks.values()) / len(tasks),
-        "tasks": {t: {"success_rate": k / n, "episodes": n, "ci95": [0.0, 1.0]} for t, (k, n) in tasks.items()},
+        "tasks": {
+            t: {"success_rate": k / n, "episodes": n, "ci95": [0.0, 1.0]} for t, (k, n) in tasks.items()
+        },
         "policy": "/tmp/ckpt",
         "protocol": {"init_split": "eval"},
         "complete": complete,
@@ -43,7 +45,9 @@ def test_report_headline_minutes_rows_and_png(tmp_path):
     _write(runs / "cot" / "bench_train.json", {"minutes": 7.96, "tokenizer_minutes": 0.88, "device": "GPU X"})
     _write(runs / "no_cot" / "bench_train.json", {"minutes": 7.05, "device": "GPU X"})
     _write(runs / "eval_cot" / "results.json", _eval({"a": (46, 50), "b": (12, 50)}))
-    _write(runs / "eval_no_cot" / "results.json", _eval({"a": (42, 50)}, complete=False, missing=["b init 0-49"]))
+    _write(
+        runs / "eval_no_cot" / "results.json", _eval({"a": (42, 50)}, complete=False, missing=["b init 0-49"])
+    )
     _write(runs / "lerobot_act" / "bench_train.json", {"minutes": 3.0, "device": "GPU X"})  # never evaluated
 
     path = pe.report(_args(tmp_path))
@@ -51,17 +55,20 @@ def test_report_headline_minutes_rows_and_png(tmp_path):
     h = doc["headline"]
     assert h["success_cot"] == pytest.approx((0.92 + 0.24) / 2)
     assert h["train_minutes"] == pytest.approx(8.84)  # the tokenizer's minutes count towards CoT
-    assert h["success_no_cot"] == pytest.approx(0.84) and h["train_minutes_no_cot"] == pytest.approx(7.05)
+    assert h["success_no_cot"] == pytest.approx(0.84)
+    assert h["train_minutes_no_cot"] == pytest.approx(7.05)
     assert "success_lerobot_act" not in h
     variants = doc["config"]["variants"]
     assert variants["lerobot_act"]["eval"] == "not run"  # trained but not evaluated is said, not dropped
-    assert variants["no_cot"]["eval_complete"] is False and variants["no_cot"]["eval_missing"] == ["b init 0-49"]
+    assert variants["no_cot"]["eval_complete"] is False
+    assert variants["no_cot"]["eval_missing"] == ["b init 0-49"]
     assert variants["cot"]["eval_episodes"] == 100
     assert doc["device"] == "train: GPU X; eval: test host"
     rows = {(r["variant"], r["task"]): r["success_rate"] for r in doc["rows"]}
     assert rows == {("cot", "a"): 0.92, ("cot", "b"): 0.24, ("no_cot", "a"): 0.84}
     png = path.with_suffix(".png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 5000
 
 
 def test_report_without_cot_eval_says_what_to_run(tmp_path):

@@ -28,8 +28,10 @@ def test_training_replaces_up_to_the_share_and_eval_feeds_the_true_codes():
     # share ~ U(0, 0.6) per sample, and a random code equals the true one 1/v of the time
     assert wrong.mean().item() == pytest.approx(0.3 * (1 - 1 / v), abs=0.03)
     per_sample = wrong.mean(1)
-    assert per_sample.min().item() < 0.05 and per_sample.max().item() > 0.4  # shares differ per sample
-    assert int(seen[-1].min()) >= 0 and int(seen[-1].max()) < v
+    assert per_sample.min().item() < 0.05  # shares differ per sample
+    assert per_sample.max().item() > 0.4
+    assert int(seen[-1].min()) >= 0
+    assert int(seen[-1].max()) < v
     policy.eval()
     policy(batch)
     assert torch.equal(seen[-1], true)

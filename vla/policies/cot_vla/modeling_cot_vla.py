@@ -353,8 +353,11 @@ class CotVlaPolicy(Policy):
         return self.tokenizer.encode(images.float())
 
     def _noisy_codes(self, codes: Tensor) -> Tensor:
-        """Training input codes: a uniform share in ``[0, subgoal_noise]`` of each sample's codes replaced
-        by random ones (``config.subgoal_noise``); the codes themselves outside training or at 0."""
+        """Training input codes: some of each sample's codes replaced by random ones.
+
+        The share is drawn per sample from ``[0, config.subgoal_noise]``; outside training, or at 0, the
+        codes are returned as they are.
+        """
         p = self.config.subgoal_noise
         if p <= 0 or not self.training:
             return codes
@@ -381,7 +384,11 @@ class CotVlaPolicy(Policy):
             if SUBGOAL_IMAGE not in batch:
                 raise KeyError(f"CoT training needs batch[{SUBGOAL_IMAGE!r}] (the frame k steps ahead)")
             codes = self.subgoal_codes(batch[SUBGOAL_IMAGE])
-            parts += [self.boi.expand(b, 1, -1), self.code_embed(self._noisy_codes(codes)), self.eoi.expand(b, 1, -1)]
+            parts += [
+                self.boi.expand(b, 1, -1),
+                self.code_embed(self._noisy_codes(codes)),
+                self.eoi.expand(b, 1, -1),
+            ]
         parts.append(self._queries(b))
         x = torch.cat([p.to(prefix.dtype) for p in parts], 1)
         parallel = cfg.use_cot and cfg.subgoal_decoding == "parallel"
@@ -570,6 +577,25 @@ class CotVlaPolicy(Policy):
         res["actions"] = unnormalize_actions(act, self.action_q01, self.action_q99)
         clock.lap("actions")
         return res
+
+    @torch.no_grad()
+    def actions_given_codes(self, batch: dict[str, Any], codes: Tensor) -> Tensor:
+        """The action chunk `(B, h, A)` in [-1, 1] with the subgoal block set to ``codes`` `(B, N)`.
+
+        One full pass, as in training: with the true codes of the subgoal frame it is what the action
+        tokens see in training (teacher forcing); with :meth:`generate`'s codes it equals its actions.
+        """
+        cfg, lay = self.config, self.layout
+        if not cfg.use_cot:
+            raise ValueError("actions_given_codes needs a CoT policy (use_cot=True)")
+        if codes.shape[1:] != (lay.n_codes,):
+            raise ValueError(f"codes must be (B, {lay.n_codes}), got {tuple(codes.shape)}")
+        prefix, valid = self.embed_prefix(batch)
+        b, dt = prefix.shape[0], prefix.dtype
+        parts = [prefix, self.boi.expand(b, 1, -1), self.code_embed(codes), self.eoi.expand(b, 1, -1)]
+        x = torch.cat([p.to(dt) for p in parts] + [self._queries(b).to(dt)], 1)
+        h = self.backbone(x, self._mask(valid, slice(None), lay.total))
+        return self._decode_actions(h[:, lay.act_start :])
 
     def _generate_parallel(
         self, prefix: Tensor, valid: Tensor, use_cache: bool
