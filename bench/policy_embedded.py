@@ -183,6 +183,31 @@ def report(args: argparse.Namespace) -> Path:
                     "ci95": t.get("ci95"),
                 }
             )
+    for spec in args.extra_eval or []:  # earlier or ablation runs: rows and picture, not the headline
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or name in VARIANTS or not (Path(folder) / "results.json").is_file():
+            raise SystemExit(
+                f"--extra_eval {spec!r}: use NAME=DIR (NAME not {VARIANTS}, DIR with results.json)"
+            )
+        res = json.loads((Path(folder) / "results.json").read_text())
+        train_path = Path(folder) / "bench_train.json"
+        config.setdefault("extra_runs", {})[name] = {
+            "success": round(float(res["mean_success"]), 4),
+            "train": json.loads(train_path.read_text()) if train_path.is_file() else {},
+            "eval_episodes": sum(t["episodes"] for t in res["tasks"].values()),
+            "eval_complete": bool(res.get("complete", True)),
+            "eval_policy": res.get("policy"),
+        }
+        for task, t in sorted(res["tasks"].items()):
+            rows.append(
+                {
+                    "variant": name,
+                    "task": task,
+                    "success_rate": t["success_rate"],
+                    "episodes": t["episodes"],
+                    "ci95": t.get("ci95"),
+                }
+            )
     if "success_cot" not in headline:
         raise FileNotFoundError(f"no {out / 'eval_cot' / 'results.json'}: run the eval stage first")
     if args.dataset_note:
@@ -273,6 +298,12 @@ def main() -> None:
     ap.add_argument("--results_dir", type=Path, default=RESULTS_DIR)
     ap.add_argument("--eval_device", default="AMD EPYC, 2 cores", help="where the eval ran (report)")
     ap.add_argument("--dataset_note", default="", help="how the demos were made (report)")
+    ap.add_argument(
+        "--extra_eval",
+        action="append",
+        default=None,
+        help="NAME=DIR of another run (results.json, optional bench_train.json): rows and picture (report)",
+    )
     ap.add_argument("--command", default=None, help="the command line(s) recorded in the report")
     args = ap.parse_args()
     if args.stage == "train":

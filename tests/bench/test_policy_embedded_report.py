@@ -31,6 +31,7 @@ def _args(tmp_path, **kw) -> argparse.Namespace:
         eval_device="test host",
         dataset_note="",
         command="test",
+        extra_eval=None,
     )
     return argparse.Namespace(**{**base, **kw})
 
@@ -76,3 +77,18 @@ def test_report_without_cot_eval_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the eval stage first"):
         pe.report(_args(tmp_path))
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_report_extra_runs_go_to_rows_and_config_not_headline(tmp_path):
+    runs = tmp_path / "runs"
+    _write(runs / "eval_cot" / "results.json", _eval({"a": (40, 50)}))
+    _write(tmp_path / "old" / "results.json", _eval({"a": (20, 50)}))
+    _write(tmp_path / "old" / "bench_train.json", {"minutes": 5.0})
+    doc = json.loads(pe.report(_args(tmp_path, extra_eval=[f"cot_plain={tmp_path / 'old'}"])).read_text())
+    assert doc["headline"] == {"success_cot": 0.8}
+    assert doc["config"]["extra_runs"]["cot_plain"]["success"] == 0.4
+    assert doc["config"]["extra_runs"]["cot_plain"]["train"] == {"minutes": 5.0}
+    assert {(r["variant"], r["success_rate"]) for r in doc["rows"]} == {("cot", 0.8), ("cot_plain", 0.4)}
+    for bad in (f"cot={tmp_path / 'old'}", f"x={tmp_path / 'nothing'}", "noequals"):
+        with pytest.raises(SystemExit, match="NAME=DIR"):
+            pe.report(_args(tmp_path, extra_eval=[bad]))
