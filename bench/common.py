@@ -88,3 +88,15 @@ def write_results(
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    from vla.fileio import atomic_file
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

@@ -159,8 +159,8 @@ def plot(rows: list[dict], path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.common import save_figure
     from sim.run_eval import wilson_ci
-    from vla.fileio import atomic_file
 
     tasks = sorted({t for r in rows for t in r["tasks"]})
     width = 0.8 / max(len(tasks), 1)
@@ -183,10 +183,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 1.0
     fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

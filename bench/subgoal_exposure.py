@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, device_name, write_results
+from bench.common import RESULTS_DIR, device_name, save_figure, write_results
 
 
 def action_l1(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor) -> float:
@@ -96,8 +96,6 @@ def plot(rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vla.fileio import atomic_file
-
     tasks = sorted({r["task"] for r in rows})
     names = list(dict.fromkeys(r["checkpoint"] for r in rows))
     width = 0.8 / len(names)
@@ -116,10 +114,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> Path:
