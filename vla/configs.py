@@ -79,8 +79,8 @@ class CotVlaConfig(PolicyConfig):
         subgoal_noise: largest share of subgoal codes replaced by random codes in a training sample's input
             (each sample draws its share uniformly from ``[0, subgoal_noise]``; the code targets stay the
             true codes). Training feeds the action tokens the true subgoal codes, inference the policy's
-            own greedy ones, which are 34-41 % wrong on the embedded_goal demos: with its own codes a
-            policy trained without noise has 1.8-3.4x the action error it has with the true ones
+            own greedy ones, which are 32-42 % wrong on the embedded_goal demos: with its own codes a
+            policy trained without noise has 1.4-3.3x the action error it has with the true ones
             (bench/notes/policy_embedded.md). The noise teaches the action pass not to trust every code.
             0 (the default) is off.
         subgoal_decoding: ``ar`` (autoregressive, causal codes) or ``parallel`` (Fast-dLLM style: the code
