@@ -144,6 +144,20 @@ def eval_variant(args: argparse.Namespace) -> dict:
     return evaluate(cfg, command=f"bench.policy_embedded eval --variant={args.variant}")
 
 
+def _task_rows(variant: str, res: dict) -> list[dict]:
+    """One row per task of a run_eval ``results.json`` (success rate, episodes, Wilson interval)."""
+    return [
+        {
+            "variant": variant,
+            "task": task,
+            "success_rate": t["success_rate"],
+            "episodes": t["episodes"],
+            "ci95": t.get("ci95"),
+        }
+        for task, t in sorted(res["tasks"].items())
+    ]
+
+
 def report(args: argparse.Namespace) -> Path:
     """Collect train and eval records of every variant present into bench/results/policy_embedded.json."""
     out = Path(args.out_dir)
@@ -173,16 +187,7 @@ def report(args: argparse.Namespace) -> Path:
             "eval_policy": res.get("policy"),
             "eval_protocol": res.get("protocol"),
         }
-        for task, t in sorted(res["tasks"].items()):
-            rows.append(
-                {
-                    "variant": variant,
-                    "task": task,
-                    "success_rate": t["success_rate"],
-                    "episodes": t["episodes"],
-                    "ci95": t.get("ci95"),
-                }
-            )
+        rows += _task_rows(variant, res)
     for spec in args.extra_eval or []:  # earlier or ablation runs: rows and picture, not the headline
         name, sep, folder = spec.partition("=")
         if not sep or not name or name in VARIANTS or not (Path(folder) / "results.json").is_file():
@@ -198,16 +203,7 @@ def report(args: argparse.Namespace) -> Path:
             "eval_complete": bool(res.get("complete", True)),
             "eval_policy": res.get("policy"),
         }
-        for task, t in sorted(res["tasks"].items()):
-            rows.append(
-                {
-                    "variant": name,
-                    "task": task,
-                    "success_rate": t["success_rate"],
-                    "episodes": t["episodes"],
-                    "ci95": t.get("ci95"),
-                }
-            )
+        rows += _task_rows(name, res)
     if "success_cot" not in headline:
         raise FileNotFoundError(f"no {out / 'eval_cot' / 'results.json'}: run the eval stage first")
     if args.dataset_note:
