@@ -208,8 +208,17 @@ def report(args: argparse.Namespace) -> Path:
         raise FileNotFoundError(f"no {out / 'eval_cot' / 'results.json'}: run the eval stage first")
     if args.dataset_note:
         config["dataset"] = args.dataset_note
+    # a variant whose eval was cut by a call's time limit makes a partial headline: say so in it
+    headline["eval_complete"] = all(v.get("eval_complete", False) for v in config["variants"].values())
+    old_path = Path(args.results_dir) / f"{args.name}.json"
+    if args.keep_config:  # notes of earlier runs (previous_runs, ...) carried over from the file it replaces
+        old = json.loads(old_path.read_text())["config"] if old_path.is_file() else {}
+        missing = [k for k in args.keep_config if k not in old]
+        if missing:
+            raise SystemExit(f"--keep_config {missing}: not in the config of {old_path}")
+        config.update({k: old[k] for k in args.keep_config if k not in config})
     path = write_results(
-        "policy_embedded",
+        args.name,
         rows=rows,
         headline=headline,
         device=f"train: {train_device}; eval: {args.eval_device}",
@@ -226,7 +235,8 @@ def report(args: argparse.Namespace) -> Path:
     plot(
         [{"run": v, "tasks": t} for v, t in by_variant.items()],
         path.with_suffix(".png"),
-        title=f"policy_embedded ({args.suite}): closed-loop success per task, 50 eval init states each",
+        title=f"{args.name} ({args.suite})\nclosed-loop success per task, 50 eval init states each"
+        + ("" if headline["eval_complete"] else " (eval incomplete: tasks missing)"),
     )
     print(json.dumps({"path": str(path), "headline": headline}))
     return path
@@ -301,6 +311,13 @@ def main() -> None:
         help="NAME=DIR of another run (results.json, optional bench_train.json): rows and picture (report)",
     )
     ap.add_argument("--command", default=None, help="the command line(s) recorded in the report")
+    ap.add_argument("--name", default="policy_embedded", help="results file name (report)")
+    ap.add_argument(
+        "--keep_config",
+        nargs="*",
+        default=[],
+        help="config keys carried over from the results file this report replaces (report)",
+    )
     args = ap.parse_args()
     if args.stage == "train":
         print(json.dumps(train_variant(args)))

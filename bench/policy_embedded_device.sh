@@ -15,7 +15,9 @@
 #       (CoT with call 1's tokenizer, no-CoT and ACT side by side; ACT gets the same steps and batch:
 #        ACT_STEPS / ACT_BATCH override)
 #   call 3 (and 4), carry .devbundle:  bash bench/policy_embedded_device.sh eval
-#       (every variant whose checkpoint exists; completed shards are skipped, so call 4 resumes call 3)
+#       (every variant whose checkpoint in $PE_OUT exists; completed shards are skipped, so call 4 resumes
+#        call 3; SUITE=libero_object with .devbundle_libero carried too (a call of its own: 43 MiB);
+#        EVAL_EXPORT=<dir> puts the merged results there instead of $OUT)
 #   to take a checkpoint home (it is over $OUT's 16 MiB per file; $OUT takes 8 files a call):
 #     bash bench/policy_embedded_device.sh fetch cot      # $OUT/cot.tar.part_aa, _ab, ... (15 MiB each)
 #     (several variants: fetch cot no_cot; PARTS=no_cot.tar.part_ad,... sends only those files; each
@@ -73,9 +75,11 @@ run_eval_shards() {  # every variant whose checkpoint exists; completed shards a
   local jobs=$(( ${#args[@]} / 2 ))  # one shard process per variant (EVAL_JOBS overrides)
   jobs=${EVAL_JOBS:-$jobs}
   local envs=${EVAL_ENVS:-$(( ($(nproc) - jobs) / jobs ))}
-  python3 scripts/device/eval_shards.py "${args[@]}" --episodes 50 --parts 1 --jobs "$jobs" --vector_envs "$envs" \
-    --policy_device cuda --text_cache .devbundle/textcache --time_limit_s "${EVAL_LIMIT:-500}" \
-    --out_dir /tmp/evals --export_dir "$OUT" -- --video=false 2>&1 | tail -n 30
+  local suite=${SUITE:-embedded_goal}
+  python3 scripts/device/eval_shards.py "${args[@]}" --suite "$suite" --episodes 50 --parts 1 --jobs "$jobs" \
+    --vector_envs "$envs" --policy_device cuda --text_cache .devbundle/textcache \
+    --time_limit_s "${EVAL_LIMIT:-500}" --out_dir "/tmp/evals_$suite" --export_dir "${EVAL_EXPORT:-$OUT}" \
+    -- --video=false 2>&1 | tail -n 30
 }
 case $stage in
   wheels)  # draccus' wheels only (a tokenizer carried in, e.g. data/tok, makes setup's training moot)

@@ -26,8 +26,13 @@ import torch
 
 from bench.common import RESULTS_DIR, write_results
 
-DEFAULT_PRESETS = ["configs/policy/cot_vla_small.yaml", "configs/policy/cot_vla_base.yaml"]
-HEADLINE_PRESET = "cot_vla_base"
+DEFAULT_PRESETS = [
+    "configs/policy/cot_vla_small.yaml",
+    "configs/policy/cot_vla_base.yaml",
+    "configs/train/cot_vla_embedded_goal.yaml",  # the trained recipe: base + FiLM 384, state dropout
+]
+# the policy of bench/results/policy_embedded.json (a train config: its ``policy`` section is timed)
+HEADLINE_PRESET = "cot_vla_embedded_goal"
 STAGES = ("encoders", "subgoal", "actions", "subgoal_image")
 
 
@@ -56,6 +61,26 @@ def _cpu_name() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
+def load_policy_config(path: str):
+    """A ``PolicyConfig`` from a policy preset, or from the ``policy`` section of a train config."""
+    import tempfile
+
+    import draccus
+    import yaml
+
+    from vla.configs import PolicyConfig
+
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a YAML mapping (a policy preset or a train config)")
+    if "policy" not in doc:
+        return draccus.parse(PolicyConfig, config_path=path, args=[])
+    with tempfile.TemporaryDirectory() as tmp:
+        sub = Path(tmp) / "policy.yaml"
+        sub.write_text(yaml.safe_dump(doc["policy"]))
+        return draccus.parse(PolicyConfig, config_path=str(sub), args=[])
+
+
 def measure(
     preset: str,
     device: str,
@@ -72,13 +97,9 @@ def measure(
     """
     import dataclasses
 
-    import draccus
-
-    from vla.configs import PolicyConfig
     from vla.inference import InferencePolicy
 
-    cfg = draccus.parse(PolicyConfig, config_path=preset, args=[])
-    cfg = dataclasses.replace(cfg, use_cot=use_cot)
+    cfg = dataclasses.replace(load_policy_config(preset), use_cot=use_cot)
     torch.manual_seed(0)
     policy = cfg.build()
     policy.cuda_graphs = cuda_graphs
@@ -128,7 +149,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("--merge", action="store_true", help="keep rows of other devices from the existing file")
+    ap.add_argument(
+        "--merge", action="store_true", help="keep the existing file's rows of other (preset, device) pairs"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     ap.add_argument("--text_cache", type=Path, default=None, help="folder of instruction-feature files")
     args = ap.parse_args()
@@ -143,8 +166,9 @@ def main() -> None:
             rows.append(measure(p, d, False, args.iters, args.warmup, args.text_cache))
     old_path = args.out / "policy_latency.json"
     if args.merge and old_path.is_file():
-        measured = set(args.devices)
-        rows = [r for r in json.loads(old_path.read_text())["rows"] if r["device"] not in measured] + rows
+        measured = {(r["preset"], r["device"]) for r in rows}
+        old = json.loads(old_path.read_text())["rows"]
+        rows = [r for r in old if (r["preset"], r["device"]) not in measured] + rows
     headline: dict[str, float] = {}
     for dev in ("cpu", "cuda"):
         for r in rows:
@@ -170,7 +194,7 @@ def main() -> None:
         device=devices,
         out_dir=args.out,
         config={
-            "presets": args.presets,
+            "presets": sorted({r["preset"] for r in rows}),
             "iters": args.iters,
             "warmup": args.warmup,
             "batch": 1,

@@ -32,6 +32,8 @@ def _args(tmp_path, **kw) -> argparse.Namespace:
         dataset_note="",
         command="test",
         extra_eval=None,
+        name="policy_embedded",
+        keep_config=[],
     )
     return argparse.Namespace(**{**base, **kw})
 
@@ -59,6 +61,7 @@ def test_report_headline_minutes_rows_and_png(tmp_path):
     assert h["success_no_cot"] == pytest.approx(0.84)
     assert h["train_minutes_no_cot"] == pytest.approx(7.05)
     assert "success_lerobot_act" not in h
+    assert h["eval_complete"] is False  # no_cot's eval lacks a task: the headline says it is partial
     variants = doc["config"]["variants"]
     assert variants["lerobot_act"]["eval"] == "not run"  # trained but not evaluated is said, not dropped
     assert variants["no_cot"]["eval_complete"] is False
@@ -85,10 +88,27 @@ def test_report_extra_runs_go_to_rows_and_config_not_headline(tmp_path):
     _write(tmp_path / "old" / "results.json", _eval({"a": (20, 50)}))
     _write(tmp_path / "old" / "bench_train.json", {"minutes": 5.0})
     doc = json.loads(pe.report(_args(tmp_path, extra_eval=[f"cot_plain={tmp_path / 'old'}"])).read_text())
-    assert doc["headline"] == {"success_cot": 0.8}
+    assert doc["headline"] == {"success_cot": 0.8, "eval_complete": True}
     assert doc["config"]["extra_runs"]["cot_plain"]["success"] == 0.4
     assert doc["config"]["extra_runs"]["cot_plain"]["train"] == {"minutes": 5.0}
     assert {(r["variant"], r["success_rate"]) for r in doc["rows"]} == {("cot", 0.8), ("cot_plain", 0.4)}
     for bad in (f"cot={tmp_path / 'old'}", f"x={tmp_path / 'nothing'}", "noequals"):
         with pytest.raises(SystemExit, match="NAME=DIR"):
             pe.report(_args(tmp_path, extra_eval=[bad]))
+
+
+def test_report_name_and_kept_config(tmp_path):
+    runs = tmp_path / "runs"
+    _write(runs / "eval_cot" / "results.json", _eval({"a": (30, 50)}))
+    old = {"previous_runs": [{"headline": {"success_cot": 0.1}}], "note": "x"}
+    _write(tmp_path / "results" / "policy_libero.json", {"config": old, "headline": {}, "rows": []})
+    args = _args(tmp_path, name="policy_libero", suite="libero_object", keep_config=["previous_runs"])
+    path = pe.report(args)
+    assert path.name == "policy_libero.json"
+    doc = json.loads(path.read_text())
+    assert doc["headline"]["success_cot"] == 0.6
+    assert doc["config"]["previous_runs"] == old["previous_runs"]  # kept
+    assert "note" not in doc["config"]  # not asked for: dropped
+    assert doc["config"]["suite"] == "libero_object"
+    with pytest.raises(SystemExit, match="not in the config"):
+        pe.report(_args(tmp_path, name="policy_libero", keep_config=["absent_key"]))
