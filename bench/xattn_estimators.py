@@ -5,7 +5,9 @@ holds the *sum* of S logits (S query/key pairs on an antidiagonal), and the soft
 sums scaled by ``1/(sqrt(D) S)``, i.e. over the mean logit of the cell. A cell whose mass comes from a
 single matching key is under-weighted: ``exp(mean)`` is far below ``mean(exp)`` (Jensen). The
 "sampled" estimator here uses the same S pairs per cell but sums each pair's own ``exp``: the
-plain Monte-Carlo estimate of the block's mass, the same GEMM FLOPs, S times the exponentials.
+plain Monte-Carlo estimate of the block's mass, the same GEMM FLOPs, S times the exponentials. The
+"query_rows" estimator spends the same GEMM FLOPs on whole attention rows of every S-th query instead
+(FlexPrefill/MInference-style query sampling): exact rows, fewer of them.
 
 This compares both against the true block mass on queries and keys captured from a trained model
 (``bench/prefill_attention.py --lm_only=1 --lm_dump_layers=0,3`` writes ``lm_l<L>_{qa,qb,k}.pt``):
@@ -89,6 +91,45 @@ def sampled_pair_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: in
     return out
 
 
+def query_rows_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: int) -> Tensor:
+    """Block mass from every ``stride``-th query's exact attention row (causal self-attention).
+
+    Query ``iS + S-1`` (the last of each group of S, so the diagonal block is seen as far as it goes)
+    gets its full softmax over the keys it can see; a block's estimate is the mean over its sampled
+    queries of their mass in each key block. The same GEMM FLOPs as the antidiagonal at stride S
+    (``T/S`` query rows against all ``T`` keys instead of ``T/S`` reshaped rows against ``T/S``
+    reshaped columns of width ``S D``), S times its exponentials. Exact at ``stride = 1``.
+
+    Args:
+        q: `(B, T, Hq, D)` queries; ``T`` a multiple of ``block_size``.
+        k: `(B, T, Hkv, D)` keys, ``Hq % Hkv == 0``.
+        stride: keep one query in S (``block_size % S == 0``).
+        block_size: block size in tokens.
+
+    Returns:
+        `(B, Hq, T/block_size, T/block_size)` fp32; each query block's row sums to 1.
+    """
+    b, t, h_q, d = q.shape
+    if t % block_size or block_size % stride:
+        raise ValueError(
+            f"T ({t}) must be a multiple of block_size ({block_size}), itself of stride ({stride})"
+        )
+    if k.shape[1] != t:
+        raise ValueError("query_rows_block_mass is for self-attention (Tq == Tk)")
+    rep = h_q // k.shape[2]
+    n = t // block_size
+    qf = q.float().transpose(1, 2)
+    kf = k.float().transpose(1, 2).repeat_interleave(rep, dim=1)
+    q_pos = torch.arange(stride - 1, t, stride)
+    hidden = torch.arange(t)[None, :] > q_pos[:, None]
+    out = torch.empty(b, h_q, n, n)
+    for h in range(h_q):
+        logit = (qf[:, h, q_pos] @ kf[:, h].transpose(-1, -2)) * (d**-0.5)  # (B, T/S, T)
+        p = logit.masked_fill(hidden, -math.inf).softmax(-1)
+        out[:, h] = p.view(b, n, block_size // stride, n, block_size).sum(-1).mean(2)
+    return out
+
+
 def top_blocks(est: Tensor, counts: Tensor, forced: Tensor, vis: Tensor) -> Tensor:
     """Forced blocks first, then the largest estimates, ``counts`` blocks per row in all."""
     score = est.masked_fill(~vis, -1.0) + forced.float() * 1e9
@@ -124,6 +165,7 @@ def study(
         ests = {
             "antidiagonal": antidiagonal_block_mass_ref(q, k, stride=stride, block_size=block_size),
             "sampled": sampled_pair_block_mass(q, k, stride=stride, block_size=block_size),
+            "query_rows": query_rows_block_mass(q, k, stride=stride, block_size=block_size),
         }
         for name, est in ests.items():
             keep = select_blocks_ref(est, tau, t_q=t, t_k=t, block_size=block_size, causal=True)

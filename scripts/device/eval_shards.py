@@ -264,6 +264,7 @@ def merge_variant(
     ]
     steps = sum(r["steps"] for r in records)
     ep_wall = sum(r["wall_s"] for r in records)
+    busy = ep_wall if vector_envs == 1 else wall  # process-seconds spent on episodes
     res.update(
         complete=not missing,
         missing=missing,
@@ -281,9 +282,11 @@ def merge_variant(
         throughput={
             "env_steps": steps,
             "episodes": len(records),
-            "env_steps_per_s_per_process": round(steps / ep_wall, 2) if ep_wall else None,
+            # with env subprocesses a shard's episodes overlap: their walls add up to more than the
+            # shard's, so the rate is over the shard's wall and the overhead cannot be told apart
+            "env_steps_per_s_per_process": round(steps / busy, 2) if busy else None,
             "episode_s_mean": round(ep_wall / len(records), 3),
-            "shard_overhead_s_mean": round((wall - ep_wall) / len(docs), 2),  # env build, policy load
+            "shard_overhead_s_mean": round((wall - ep_wall) / len(docs), 2) if vector_envs == 1 else None,
         },
         command=" ".join(sys.argv),
     )

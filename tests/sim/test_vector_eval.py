@@ -239,3 +239,8 @@ def test_eval_shards_merges_vector_shards(runs, tmp_path):
     assert res["complete"]
     assert res["episodes"] == vec["episodes"]
     assert res["protocol"] == vec["protocol"]
+    # overlapping episodes: the rate is over the shards' wall, no negative "overhead" is made up
+    tp = res["throughput"]
+    assert tp["shard_overhead_s_mean"] is None
+    wall = sum(json.loads(s.results.read_text())["wall_time_s"] for s in shards)
+    assert tp["env_steps_per_s_per_process"] == pytest.approx(tp["env_steps"] / wall, rel=1e-2)
