@@ -41,6 +41,16 @@ from kernels.block_sparse_attention.index import visible_blocks
 from kernels.xattention.reference import antidiagonal_block_mass_ref, forced_blocks, select_blocks_ref
 
 
+def _check_shapes(q: Tensor, k: Tensor, stride: int, block_size: int, name: str) -> None:
+    t = q.shape[1]
+    if t % block_size or block_size % stride:
+        raise ValueError(
+            f"T ({t}) must be a multiple of block_size ({block_size}), itself of stride ({stride})"
+        )
+    if k.shape[1] != t:
+        raise ValueError(f"{name} is for self-attention (Tq == Tk)")
+
+
 def sampled_pair_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: int) -> Tensor:
     """Block mass from the antidiagonal's pairs, each pair exponentiated on its own (causal, self-attention).
 
@@ -59,12 +69,7 @@ def sampled_pair_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: in
         `(B, Hq, T/block_size, T/block_size)` fp32.
     """
     b, t, h_q, d = q.shape
-    if t % block_size or block_size % stride:
-        raise ValueError(
-            f"T ({t}) must be a multiple of block_size ({block_size}), itself of stride ({stride})"
-        )
-    if k.shape[1] != t:
-        raise ValueError("sampled_pair_block_mass is for self-attention (Tq == Tk)")
+    _check_shapes(q, k, stride, block_size, "sampled_pair_block_mass")
     rep = h_q // k.shape[2]
     r, n = t // stride, t // block_size
     qf = q.float().transpose(1, 2)  # (B, H, T, D)
@@ -110,12 +115,7 @@ def query_rows_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: int)
         `(B, Hq, T/block_size, T/block_size)` fp32; each query block's row sums to 1.
     """
     b, t, h_q, d = q.shape
-    if t % block_size or block_size % stride:
-        raise ValueError(
-            f"T ({t}) must be a multiple of block_size ({block_size}), itself of stride ({stride})"
-        )
-    if k.shape[1] != t:
-        raise ValueError("query_rows_block_mass is for self-attention (Tq == Tk)")
+    _check_shapes(q, k, stride, block_size, "query_rows_block_mass")
     rep = h_q // k.shape[2]
     n = t // block_size
     qf = q.float().transpose(1, 2)
