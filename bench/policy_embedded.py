@@ -226,13 +226,13 @@ def report(args: argparse.Namespace) -> Path:
         config=config,
         command=args.command,
     )
-    from bench.policy_state_dropout import plot
+    from bench.common import plot_task_success
 
     by_variant: dict[str, dict] = {}
     for r in rows:  # successes from the rate: run_eval's rates are k / n exactly
         k = round(r["success_rate"] * r["episodes"])
         by_variant.setdefault(r["variant"], {})[r["task"]] = (k, r["episodes"])
-    plot(
+    plot_task_success(
         [{"run": v, "tasks": t} for v, t in by_variant.items()],
         path.with_suffix(".png"),
         title=f"{args.name} ({args.suite})\nclosed-loop success per task, 50 eval init states each"

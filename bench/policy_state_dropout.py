@@ -33,7 +33,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from bench.common import RESULTS_DIR
+from bench.common import RESULTS_DIR, plot_task_success
 
 BASELINE = Path(RESULTS_DIR) / "policy_embedded.json"
 
@@ -148,42 +148,8 @@ def report(
         device=device,
         out_dir=out,
     )
-    plot(rows, path.with_suffix(".png"), title=f"{name}: closed-loop success per task")
+    plot_task_success(rows, path.with_suffix(".png"), title=f"{name}: closed-loop success per task")
     return path
-
-
-def plot(rows: list[dict], path: Path, title: str = "") -> Path:
-    """Bar chart of each run's success per task with Wilson 95 % intervals, written atomically (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bench.common import save_figure
-    from sim.run_eval import wilson_ci
-
-    tasks = sorted({t for r in rows for t in r["tasks"]})
-    width = 0.8 / max(len(tasks), 1)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows)) + 2.4, 3.6))
-    for j, task in enumerate(tasks):
-        xs, ys, lo, hi = [], [], [], []
-        for i, r in enumerate(rows):
-            if task not in r["tasks"]:
-                continue
-            k, n = r["tasks"][task][:2]
-            a, b = wilson_ci(k, n)
-            xs.append(i + (j - (len(tasks) - 1) / 2) * width)
-            ys.append(k / n)
-            lo.append(max(k / n - a, 0.0))  # the interval is rounded: keep the bars' whiskers >= 0
-            hi.append(max(b - k / n, 0.0))
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=task.replace("_", " "))
-    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("success (95 % CI)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars reach 1.0
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
