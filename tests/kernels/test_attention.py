@@ -28,6 +28,36 @@ def test_dense_gqa_matches_manual():
     assert_close("chunk", want[:, -3:], out_tail, torch.float32)
 
 
+def _manual(q, k, v, allowed):
+    """Plain GQA attention: K/V repeated per query head, ``allowed`` `(B, Hq, Tq, Tk)`."""
+    rep = q.shape[2] // k.shape[2]
+    kk, vv = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, kk) * q.shape[-1] ** -0.5
+    return torch.einsum("bhqk,bkhd->bqhd", s.masked_fill(~allowed, float("-inf")).softmax(-1), vv)
+
+
+@pytest.mark.parametrize("tq", [1, 4])
+def test_gqa_with_a_key_mask_matches_manual(tq):
+    """Decode with a per-sample key mask (padding, as the policy's static cache): K/V never repeated."""
+    g = torch.Generator().manual_seed(3)
+    b, tk, hq, hkv, d = 3, 37, 6, 2, 16
+    q = torch.randn(b, tq, hq, d, generator=g)
+    k, v = torch.randn(b, tk, hkv, d, generator=g), torch.randn(b, tk, hkv, d, generator=g)
+    k[:, 5] += q[:, -1].mean(1)[:, None] * 3  # a key every query head wants: a needle to mask
+    keep = torch.rand(b, tk, generator=g) > 0.3
+    keep[:, 0] = True
+    keep[1, 5] = False  # sample 1 must not see the needle
+    mask = keep[:, None, None, :].expand(b, 1, tq, tk)
+    want = _manual(q, k, v, mask.expand(b, hq, tq, tk))
+    assert_close("masked decode", want, attention(q, k, v, attn_mask=mask), torch.float32)
+    # a mask that differs per head cannot be folded: the repeated-K/V path must still be exact
+    per_head = torch.rand(b, hq, tq, tk, generator=g) > 0.2
+    per_head[..., 0] = True
+    assert_close(
+        "per-head mask", _manual(q, k, v, per_head), attention(q, k, v, attn_mask=per_head), torch.float32
+    )
+
+
 def test_short_prefill_stays_dense():
     torch.manual_seed(1)
     q, k, v, _ = structured_qkv(1, 256, 2, 1, 64, seed=1, needle_len=16)
