@@ -29,6 +29,7 @@ from bench.common import device_name, parse_flags, write_results
 from kernels.block_sparse_attention.index import BlockIndex, index_to_mask, mask_to_index, visible_blocks
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
 from kernels.testing import PEAKED, density_mask, needles_kept, rel_rms, structured_qkv
+from kernels.xattention.lowrank import key_subspace, project_qk
 from kernels.xattention.op import xattn_select
 from kernels.xattention.triton_fwd import xattn_score_fwd
 
@@ -46,6 +47,9 @@ class PrefillBenchConfig:
     densities: str = "0.5,0.25,0.1,0.05"
     tau: float = 0.9
     row_share: float = 0.1  # > 0: fp8 variants also run with the row rule (kernels/xattention/README.md)
+    score_rank: int = (
+        0  # > 0: also the fp8 + row-rule variant scored on this key rank (xattention/lowrank.py)
+    )
     strides: str = "8,16"
     oracle_heads: int = 4
     sweep: int = 0  # 1: also time launch-config variants at the longest length
@@ -87,11 +91,12 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
 
 
 def xattn_key(row: dict) -> str:
-    """``xattn_<input>_s<stride>[_fp8][_rs<row_share>]``: one XAttention configuration."""
+    """``xattn_<input>_s<stride>[_fp8][_rs<row_share>][_r<score_rank>]``: one XAttention configuration."""
     rs = row.get("row_share") or 0.0
+    rank = row.get("score_rank") or 0
     return (
         f"xattn_{row['input']}_s{row['stride']}{'_fp8' if row['fp8_scoring'] else ''}"
-        f"{f'_rs{rs:g}' if rs else ''}"
+        f"{f'_rs{rs:g}' if rs else ''}{f'_r{rank}' if rank else ''}"
     )
 
 
@@ -219,14 +224,16 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
         impl="triton",
     )
     vis = visible_blocks(t, t, bs, True, dev)
-    variants = [(fp8, 0.0) for fp8 in (False, True)]
+    variants = [(fp8, 0.0, 0) for fp8 in (False, True)]
     if cfg.row_share > 0:
-        variants.append((True, cfg.row_share))
+        variants.append((True, cfg.row_share, 0))
+    if cfg.score_rank > 0:
+        variants.append((True, cfg.row_share, cfg.score_rank))
     for stride in [int(s) for s in cfg.strides.split(",")]:
-        for fp8, rs in variants:
+        for fp8, rs, rank in variants:
             sc = {"fp8": 1} if fp8 else {}
 
-            def select(sc=sc, stride=stride, rs=rs):
+            def select(sc=sc, stride=stride, rs=rs, rank=rank):
                 return xattn_select(
                     q,
                     k,
@@ -237,11 +244,13 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
                     impl="triton",
                     config=sc,
                     row_share=rs,
+                    score_rank=rank,
                 )
 
-            def score_only(sc=sc, stride=stride):
+            def score_only(sc=sc, stride=stride, rank=rank):  # the projection counts as scoring
+                qs, ks = project_qk(q, k, key_subspace(k, rank)) if rank else (q, k)
                 return xattn_score_fwd(
-                    q, k, stride=stride, block_size=bs, scale=scale, causal=True, config=sc
+                    qs, ks, stride=stride, block_size=bs, scale=scale, causal=True, config=sc
                 )
 
             try:
@@ -255,6 +264,7 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
                         "stride": stride,
                         "fp8_scoring": fp8,
                         "row_share": rs,
+                        "score_rank": rank,
                         "error": str(e)[:300],
                     }
                 )
@@ -274,6 +284,7 @@ def xattn_rows(name, inp, t, cfg, rows, res, reps, t_sdpa, sweep) -> None:
                 "fp8_scoring": fp8,
                 "tau": cfg.tau,
                 "row_share": rs,
+                "score_rank": rank,
                 "density": causal_density(index, n),
                 "scoring_ms": t_score,
                 "scoring_kernel_ms": t_score_kernel,
@@ -570,9 +581,12 @@ def main() -> None:
         headline[f"{name}_xattn_rel_err_vs_dense_128k"] = top[best]["rel_err_vs_dense"]
         headline[f"{name}_xattn_e2e_speedup_128k"] = top[best]["e2e_speedup_vs_sdpa"]
     recalls = [r["mass_recall_vs_oracle"] for r in xrows]
-    headline["xattn_scoring_share_128k"] = min(
-        (top[key]["scoring_share_of_10pct_attn"] for key in top if key.startswith("xattn_")), default=None
-    )
+    # the share of a configuration that keeps every needle at every length (a cheaper scoring that
+    # loses needles, e.g. a low score_rank, does not count); the cheapest of any configuration beside it
+    shares = {key: top[key]["scoring_share_of_10pct_attn"] for key in top if key.startswith("xattn_")}
+    whole = [key for key in shares if min(r["needles_kept"] for r in of(key)) == 1.0]
+    headline["xattn_scoring_share_128k"] = min((shares[k] for k in whole), default=None)
+    headline["xattn_scoring_share_128k_any_config"] = min(shares.values(), default=None)
     headline["xattn_mass_recall_vs_oracle"] = min(recalls) if recalls else None
     # needles_kept: the configurations the headline picked (with the row rule where it ran);
     # needles_kept_tau_only: every configuration without it (XAttention's rule alone).

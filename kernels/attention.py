@@ -41,6 +41,8 @@ class SparsePrefillConfig:
         sink: sink tokens of streaming heads.
         local: local window of streaming heads, in tokens.
         fp8_scoring: run XAttention's scoring GEMM in float8 e4m3 (Hopper; ~1.4-1.7x faster scoring).
+        score_rank: XAttention scores on the keys' top principal directions of this rank (0 = the
+            whole head dim; 64 of 128 halves the scoring GEMM; ``kernels/xattention/lowrank.py``).
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` for the sparse kernels.
     """
 
@@ -55,6 +57,7 @@ class SparsePrefillConfig:
     sink: int = 128
     local: int = 4096
     fp8_scoring: bool = False
+    score_rank: int = 0
     impl: str = "auto"
 
     def __post_init__(self) -> None:
@@ -83,6 +86,8 @@ class SparsePrefillConfig:
             raise ValueError(
                 f"SparsePrefillConfig needs sink >= 0 and local >= 1, got {self.sink}, {self.local}"
             )
+        if self.score_rank < 0:
+            raise ValueError(f"SparsePrefillConfig.score_rank must be >= 0 (0 = off), got {self.score_rank}")
         if self.impl not in ("auto", "triton", "reference"):
             raise ValueError(f"SparsePrefillConfig.impl must be auto/triton/reference, got {self.impl!r}")
         if self.method == "streaming" and not self.streaming_heads:
@@ -123,6 +128,7 @@ def _sparse_prefill(q: Tensor, k: Tensor, v: Tensor, cfg: SparsePrefillConfig, s
             impl=cfg.impl,
             row_share=cfg.row_share,
             dense_above=cfg.dense_above,
+            score_rank=cfg.score_rank,
         )
     n_qb, n_kb = -(-q.shape[1] // cfg.block_size), -(-k.shape[1] // cfg.block_size)
     full = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device).expand(

@@ -10,6 +10,7 @@ from torch import Tensor
 from kernels.block_sparse_attention.index import BlockIndex, mask_to_index
 from kernels.block_sparse_attention.op import block_sparse_attn
 from kernels.dispatch import resolve_impl
+from kernels.xattention.lowrank import key_subspace, project_qk
 from kernels.xattention.reference import check_dense_above, xattn_select_ref
 
 try:
@@ -48,6 +49,7 @@ def xattn_select(
     config: dict[str, int] | None = None,
     row_share: float = 0.0,
     dense_above: float = 1.0,
+    score_rank: int = 0,
 ) -> tuple[BlockIndex, Tensor | None]:
     """Pick the key blocks each query block attends to (XAttention, ``README.md``).
 
@@ -69,6 +71,9 @@ def xattn_select(
             keeps more than this share of its visible blocks keeps all of them. On diffuse
             attention the estimate ranks blocks poorly and such rows save little compute anyway.
             1.0 (default) is off.
+        score_rank: score on the keys' top ``score_rank`` principal directions instead of the whole
+            head dimension (``lowrank.py``; 0, the default, is off): the scoring GEMM shrinks by
+            ``score_rank / D``. The Triton path takes ranks 64 (of D = 128); the reference any.
 
     Returns:
         ``(BlockIndex, mass or None)``: ascending kept-block lists for :func:`block_sparse_attn`.
@@ -88,7 +93,13 @@ def xattn_select(
     check_dense_above(dense_above)
     if causal and q.shape[1] > k.shape[1]:
         raise ValueError(f"causal needs Tq <= Tk, got Tq={q.shape[1]}, Tk={k.shape[1]}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not 0 <= score_rank < q.shape[-1]:
+        raise ValueError(f"score_rank must be in [0, head dim {q.shape[-1]}) (0 = off), got {score_rank}")
+    scale = (
+        q.shape[-1] ** -0.5 if scale is None else float(scale)
+    )  # the full dimension's, also when projected
+    if score_rank:
+        q, k = project_qk(q, k, key_subspace(k, score_rank))
     which = resolve_impl(impl, q, k, op="xattn_select", unsupported=_unsupported(q, stride, block_size))
     b, t_q, h_q, _ = q.shape
     t_k = k.shape[1]
@@ -144,6 +155,7 @@ def xattention_prefill(
     impl: Literal["auto", "triton", "reference"] = "auto",
     row_share: float = 0.0,
     dense_above: float = 1.0,
+    score_rank: int = 0,
 ) -> Tensor:
     """XAttention prefill: select blocks, then block-sparse attention (streaming heads in the same launch).
 
@@ -163,6 +175,7 @@ def xattention_prefill(
         impl: ``"auto"``, ``"triton"`` or ``"reference"`` for both stages.
         row_share: row-level keep rule on top of τ (see :func:`xattn_select`).
         dense_above: dense fallback for rows that keep most of their blocks (see :func:`xattn_select`).
+        score_rank: score on the keys' principal subspace of this rank (see :func:`xattn_select`).
 
     Returns:
         `(B, Tq, Hq, D)`.
@@ -179,6 +192,7 @@ def xattention_prefill(
         config={"fp8": 1} if fp8_scoring else None,
         row_share=row_share,
         dense_above=dense_above,
+        score_rank=score_rank,
     )
     return block_sparse_attn(
         q,
