@@ -62,23 +62,19 @@ def _cpu_name() -> str:
 
 
 def load_policy_config(path: str):
-    """A ``PolicyConfig`` from a policy preset, or from the ``policy`` section of a train config."""
-    import tempfile
-
+    """A ``PolicyConfig`` from a policy preset, or the ``policy`` of a train config (``TrainConfig``)."""
     import draccus
     import yaml
 
     from vla.configs import PolicyConfig
+    from vla.scripts.train import TrainConfig
 
     doc = yaml.safe_load(Path(path).read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a YAML mapping (a policy preset or a train config)")
-    if "policy" not in doc:
-        return draccus.parse(PolicyConfig, config_path=path, args=[])
-    with tempfile.TemporaryDirectory() as tmp:
-        sub = Path(tmp) / "policy.yaml"
-        sub.write_text(yaml.safe_dump(doc["policy"]))
-        return draccus.parse(PolicyConfig, config_path=str(sub), args=[])
+    if "policy" in doc:
+        return draccus.parse(TrainConfig, config_path=path, args=[]).policy
+    return draccus.parse(PolicyConfig, config_path=path, args=[])
 
 
 def measure(
