@@ -159,7 +159,7 @@ def _task_rows(variant: str, res: dict) -> list[dict]:
 
 
 def report(args: argparse.Namespace) -> Path:
-    """Collect train and eval records of every variant present into bench/results/policy_embedded.json."""
+    """Collect train and eval records of every variant present into ``<results_dir>/<name>.json`` (+ PNG)."""
     out = Path(args.out_dir)
     rows, headline, config = [], {}, {"suite": args.suite, "variants": {}}
     train_device = None

@@ -47,9 +47,8 @@ class PrefillBenchConfig:
     densities: str = "0.5,0.25,0.1,0.05"
     tau: float = 0.9
     row_share: float = 0.1  # > 0: fp8 variants also run with the row rule (kernels/xattention/README.md)
-    score_rank: int = (
-        0  # > 0: also the fp8 + row-rule variant scored on this key rank (xattention/lowrank.py)
-    )
+    # > 0: also the fp8 + row-rule variant scored on the keys' top principal directions of this rank
+    score_rank: int = 0
     strides: str = "8,16"
     oracle_heads: int = 4
     sweep: int = 0  # 1: also time launch-config variants at the longest length
