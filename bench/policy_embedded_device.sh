@@ -93,9 +93,12 @@ case $stage in
     ls /tmp/probe/cot/tokenizer/tokenizer
     ;;
   train)
-    [ "${TRAIN_ACT:-1}" = 0 ] && [ -d /tmp/site/draccus ] \
-      || [ -d /tmp/site/lerobot ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target /tmp/site .whl/act/*.whl || exit 1  # it holds draccus and its needs too
+    if [ "${TRAIN_ACT:-1}" = 0 ]; then  # draccus alone: data/carry_whl (carried) unless a warm machine has it
+      [ -d /tmp/site/draccus ] || install_wheels data/carry_whl/*.whl || exit 1
+    else  # .whl/act holds draccus and its needs too
+      [ -d /tmp/site/lerobot ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/act/*.whl || exit 1
+    fi
     export PYTHONPATH=/tmp/site:$PWD
     export STEPS=$(printf '%s\n' "$@" | sed -n 's/^--steps=//p') BATCH=$(printf '%s\n' "$@" | sed -n 's/^--batch_size=//p')
     train_all "$PE_OUT" "$@"
