@@ -61,6 +61,8 @@ class PrefillBenchConfig:
     lm_eval_len: int = 16384
     lm_tokens_per_step: int = 65536
     lm_dump_layers: str = ""  # e.g. "0,1": save those layers' captured q and k (bf16) to out_dir, for study
+    # in (0, 1): the learned layers also run with the row rule and this dense fallback (S = 8 and 16)
+    lm_dense_above: float = 0.0
 
 
 def _parse(argv: list[str]) -> PrefillBenchConfig:
@@ -440,7 +442,6 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
     bs, t = 64, cfg.lm_eval_len
     n = -(-t // bs)
     vis = visible_blocks(t, t, bs, True, dev)
-    res = {}
     for layer, (q, k, v) in enumerate(captured):
         q, k, v = (z.to(act).contiguous() for z in (q, k, v))
         _, true_mass = xattn_select(q, k, stride=1, tau=1.0, block_size=bs, return_mass=True, impl="triton")
@@ -448,11 +449,21 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
         t_sdpa = timed(lambda q=q, k=k, v=v: real_attention(q, k, v, causal=True), 10)
         outside = mass_outside_window(q, k, sink=64, local=1024)
         shares = (0.0, cfg.row_share) if cfg.row_share > 0 else (0.0,)
-        for stride, rs in [(st, rs) for st in (4, 8, 16) for rs in shares]:
+        variants = [(st, rs, 1.0) for st in (4, 8, 16) for rs in shares]
+        if 0.0 < cfg.lm_dense_above < 1.0:  # diffuse rows go dense (kernels/xattention/README.md)
+            variants += [(st, cfg.row_share, cfg.lm_dense_above) for st in (8, 16)]
+        for stride, rs, da in variants:
 
-            def select(q=q, k=k, stride=stride, rs=rs):
+            def select(q=q, k=k, stride=stride, rs=rs, da=da):
                 return xattn_select(
-                    q, k, stride=stride, tau=cfg.tau, block_size=bs, impl="triton", row_share=rs
+                    q,
+                    k,
+                    stride=stride,
+                    tau=cfg.tau,
+                    block_size=bs,
+                    impl="triton",
+                    row_share=rs,
+                    dense_above=da,
                 )[0]
 
             def e2e(q=q, k=k, v=v, select=select):
@@ -470,6 +481,7 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
                 "stride": stride,
                 "tau": cfg.tau,
                 "row_share": rs,
+                "dense_above": da,
                 "density": causal_density(index, n),
                 "mass_recall_vs_oracle": mass_recall(true_mass, keep),
                 "kept_true_mass_share": ((true_mass * keep).sum() / true_mass.sum()).item(),
@@ -480,9 +492,31 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
             }
             rows.append(row)
             log.info("LM %s", json.dumps(row))
+    return lm_headline(rows)
+
+
+def lm_headline(rows: list[dict]) -> dict:
+    """Headline keys of the learned-attention rows (``lm_rows``).
+
+    XAttention's rule alone (S = 4, 8, 16), with the row rule, and with the dense fallback; the
+    fallback's keys sit beside the others, never in their place.
+    """
+    res: dict = {}
     lm_all = [r for r in rows if r["kind"] == "lm_xattn"]
+    fallback = [r for r in lm_all if r.get("dense_above", 1.0) < 1.0]
+    lm_all = [r for r in lm_all if r.get("dense_above", 1.0) >= 1.0]
     lm = [r for r in lm_all if not r.get("row_share")]  # headline keys: XAttention's rule alone
     with_rows = [r for r in lm_all if r.get("row_share")]
+    for stride in sorted({r["stride"] for r in fallback}):  # beside the headline, never in place of it
+        of_s = [r for r in fallback if r["stride"] == stride]
+        worst = min(of_s, key=lambda r: r["mass_recall_vs_oracle"])
+        res[f"lm_xattn_mass_recall_vs_oracle_dense_above_s{stride}"] = worst["mass_recall_vs_oracle"]
+        res[f"lm_xattn_density_per_layer_dense_above_s{stride}"] = [
+            round(r["density"], 4) for r in sorted(of_s, key=lambda r: r["layer"])
+        ]
+        res[f"lm_xattn_e2e_vs_sdpa_per_layer_dense_above_s{stride}"] = [
+            round(r["e2e_ms"] / r["sdpa_ms"], 3) for r in sorted(of_s, key=lambda r: r["layer"])
+        ]
     if with_rows:
         res["lm_xattn_mass_recall_vs_oracle_row_share"] = min(r["mass_recall_vs_oracle"] for r in with_rows)
         res["lm_xattn_density_mean_row_share"] = statistics.mean(r["density"] for r in with_rows)
