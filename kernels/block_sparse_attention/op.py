@@ -16,9 +16,10 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 
 
 try:
+    from kernels.block_sparse_attention.triton_bwd import block_sparse_attn_bwd
     from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
 except ImportError:  # triton missing: reference only
-    block_sparse_attn_fwd = None
+    block_sparse_attn_fwd = block_sparse_attn_bwd = None
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, block_size: int, head_type: Tensor | None, causal: bool) -> None:
@@ -59,10 +60,13 @@ def _triton_unsupported(q: Tensor, block_size: int) -> str | None:
 
 
 class BlockSparseAttnFunction(torch.autograd.Function):
-    """Triton forward; the backward recomputes through the fp32 reference (no Triton backward yet)."""
+    """Triton forward; Triton backward for block-mask heads (``triton_bwd.py``), else the fp32 reference's."""
 
     @staticmethod
     def forward(ctx, q, k, v, index, block_mask, block_size, scale, causal, head_type, sink, local, config):  # noqa: D102
+        streaming = head_type is not None and bool((head_type == HEAD_STREAMING).any())
+        # the Triton backward needs the forward's log-sum-exp; only worth it when a gradient will follow
+        triton_bwd = block_sparse_attn_bwd is not None and not streaming and any(ctx.needs_input_grad[:3])
         out = block_sparse_attn_fwd(
             q,
             k,
@@ -75,16 +79,29 @@ class BlockSparseAttnFunction(torch.autograd.Function):
             sink=sink,
             local=local,
             config=config,
+            return_lse=triton_bwd,
         )
-        ctx.save_for_backward(q, k, v)
+        lse = None
+        if triton_bwd:
+            out, lse = out
+            ctx.save_for_backward(q, k, v, out, lse)
+        else:
+            ctx.save_for_backward(q, k, v)
+        ctx.triton_bwd = triton_bwd
         ctx.index, ctx.block_mask = index, block_mask
         ctx.args = (block_size, scale, causal, head_type, sink, local)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        q, k, v = ctx.saved_tensors
         block_size, scale, causal, head_type, sink, local = ctx.args
+        if ctx.triton_bwd:
+            q, k, v, out, lse = ctx.saved_tensors
+            dq, dk, dv = block_sparse_attn_bwd(
+                grad_out, q, k, v, out, lse, ctx.index, block_size=block_size, scale=scale, causal=causal
+            )
+            return dq, dk, dv, None, None, None, None, None, None, None, None, None
+        q, k, v = ctx.saved_tensors
         block_mask = ctx.block_mask
         if block_mask is None:
             block_mask = index_to_mask(ctx.index, -(-k.shape[1] // block_size))

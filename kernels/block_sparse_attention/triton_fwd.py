@@ -98,6 +98,7 @@ def _block_sparse_attn_fwd_kernel(
     K,
     V,
     O,
+    LSE,
     KV_IDX,
     KV_CNT,
     KV_FULL,
@@ -132,6 +133,7 @@ def _block_sparse_attn_fwd_kernel(
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    STORE_LSE: tl.constexpr,
 ):
     pid_m = N_QB - 1 - tl.program_id(0)  # longest causal rows first
     pid_bh = tl.program_id(1)
@@ -235,6 +237,9 @@ def _block_sparse_attn_fwd_kernel(
         out.to(O.dtype.element_ty),
         mask=offs_m[:, None] < T_Q,
     )
+    if STORE_LSE:  # for the backward: each row's log2-sum-exp2 (inf where it kept nothing)
+        lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(l_safe))
+        tl.store(LSE + pid_bh.to(tl.int64) * T_Q + offs_m, lse, mask=offs_m < T_Q)
 
 
 def default_config(block_size: int, head_dim: int, dtype: torch.dtype) -> dict[str, int]:
@@ -259,14 +264,20 @@ def block_sparse_attn_fwd(
     sink: int = 0,
     local: int = 0,
     config: dict[str, int] | None = None,
-) -> Tensor:
-    """Launch the forward kernel (inputs validated by ``op.block_sparse_attn``); returns `(B, Tq, Hq, D)`."""
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Launch the forward kernel (inputs validated by ``op.block_sparse_attn``); returns `(B, Tq, Hq, D)`.
+
+    ``return_lse``: also each query row's log-sum-exp in log2 units, `(B, Hq, Tq)` float32 (the backward's
+    input).
+    """
     b, t_q, h_q, d = q.shape
     t_k, h_kv = k.shape[1], k.shape[2]
     n_qb = triton.cdiv(t_q, block_size)
     cfg = {**default_config(block_size, d, q.dtype), **(config or {})}
     block_n = min(cfg["block_n"], block_size)
     o = torch.empty_like(q)
+    lse = torch.empty(b, h_q, t_q, dtype=torch.float32, device=q.device) if return_lse else o
     has_stream = head_type is not None
     ht = head_type.to(device=q.device, dtype=torch.int32).contiguous() if has_stream else index.cnt
     idx = index.idx
@@ -276,6 +287,7 @@ def block_sparse_attn_fwd(
         k,
         v,
         o,
+        lse,
         idx,
         index.cnt,
         index.n_full,
@@ -310,7 +322,8 @@ def block_sparse_attn_fwd(
         BLOCK_SIZE=block_size,
         BLOCK_N=block_n,
         HEAD_DIM=d,
+        STORE_LSE=return_lse,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
-    return o
+    return (o, lse) if return_lse else o
