@@ -81,7 +81,6 @@ class BlockSparseAttnFunction(torch.autograd.Function):
             config=config,
             return_lse=triton_bwd,
         )
-        lse = None
         if triton_bwd:
             out, lse = out
             ctx.save_for_backward(q, k, v, out, lse)
