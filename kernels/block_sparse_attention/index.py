@@ -69,3 +69,22 @@ def index_to_mask(index: BlockIndex, n_kb: int) -> Tensor:
     mask = torch.zeros(*idx.shape[:-1], n_kb + 1, dtype=torch.bool, device=idx.device)
     mask.scatter_(-1, torch.where(valid, idx, n_kb), True)
     return mask[..., :n_kb]
+
+
+def streaming_blocks(
+    t_q: int, t_k: int, block_size: int, sink: int, local: int, device: torch.device | str
+) -> Tensor:
+    """`(NQB, NKB)` bool: the key blocks a streaming head's query block visits.
+
+    The sink blocks, then the local window up to the causal limit: the ranges the forward kernel
+    derives arithmetically.
+    """
+    n_qb, n_kb = -(-t_q // block_size), -(-t_k // block_size)
+    qb = torch.arange(n_qb, device=device)
+    q_lo = qb * block_size + (t_k - t_q)
+    q_hi = torch.clamp((qb + 1) * block_size, max=t_q) - 1 + (t_k - t_q)
+    last = q_hi // block_size
+    n_sink = torch.clamp(last + 1, max=-(-sink // block_size))
+    first_local = torch.maximum(torch.clamp(q_lo - local + 1, min=0) // block_size, n_sink)
+    kb = torch.arange(n_kb, device=device)[None, :]
+    return (kb < n_sink[:, None]) | ((kb >= first_local[:, None]) & (kb <= last[:, None]))

@@ -60,13 +60,12 @@ def _triton_unsupported(q: Tensor, block_size: int) -> str | None:
 
 
 class BlockSparseAttnFunction(torch.autograd.Function):
-    """Triton forward; Triton backward for block-mask heads (``triton_bwd.py``), else the fp32 reference's."""
+    """Triton forward and backward (``triton_fwd.py``, ``triton_bwd.py``)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, index, block_mask, block_size, scale, causal, head_type, sink, local, config):  # noqa: D102
-        streaming = head_type is not None and bool((head_type == HEAD_STREAMING).any())
-        # the Triton backward needs the forward's log-sum-exp; only worth it when a gradient will follow
-        triton_bwd = block_sparse_attn_bwd is not None and not streaming and any(ctx.needs_input_grad[:3])
+    def forward(ctx, q, k, v, index, block_size, scale, causal, head_type, sink, local, config):  # noqa: D102
+        # the backward needs the forward's log-sum-exp; only worth storing when a gradient will follow
+        wants_grad = any(ctx.needs_input_grad[:3])
         out = block_sparse_attn_fwd(
             q,
             k,
@@ -79,47 +78,35 @@ class BlockSparseAttnFunction(torch.autograd.Function):
             sink=sink,
             local=local,
             config=config,
-            return_lse=triton_bwd,
+            return_lse=wants_grad,
         )
-        if triton_bwd:
+        if wants_grad:
             out, lse = out
             ctx.save_for_backward(q, k, v, out, lse)
-        else:
-            ctx.save_for_backward(q, k, v)
-        ctx.triton_bwd = triton_bwd
-        ctx.index, ctx.block_mask = index, block_mask
-        ctx.args = (block_size, scale, causal, head_type, sink, local)
+            ctx.index = index
+            ctx.args = (block_size, scale, causal, head_type, sink, local)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
         block_size, scale, causal, head_type, sink, local = ctx.args
-        if ctx.triton_bwd:
-            q, k, v, out, lse = ctx.saved_tensors
-            dq, dk, dv = block_sparse_attn_bwd(
-                grad_out, q, k, v, out, lse, ctx.index, block_size=block_size, scale=scale, causal=causal
-            )
-            return dq, dk, dv, None, None, None, None, None, None, None, None, None
-        q, k, v = ctx.saved_tensors
-        block_mask = ctx.block_mask
-        if block_mask is None:
-            block_mask = index_to_mask(ctx.index, -(-k.shape[1] // block_size))
-        with torch.enable_grad():
-            leaves = [x.detach().requires_grad_(x.requires_grad) for x in (q, k, v)]
-            out = block_sparse_attn_ref(
-                *leaves,
-                block_mask,
-                block_size=block_size,
-                scale=scale,
-                causal=causal,
-                head_type=head_type,
-                sink=sink,
-                local=local,
-            )
-            wanted = [x for x in leaves if x.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out))
-        dq, dk, dv = (next(grads) if x.requires_grad else None for x in leaves)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = block_sparse_attn_bwd(
+            grad_out,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            ctx.index,
+            block_size=block_size,
+            scale=scale,
+            causal=causal,
+            head_type=head_type,
+            sink=sink,
+            local=local,
+        )
+        return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 def block_sparse_attn(
@@ -194,5 +181,5 @@ def block_sparse_attn(
     k = k if k.stride(-1) == 1 else k.contiguous()
     v = v if v.stride(-1) == 1 else v.contiguous()
     return BlockSparseAttnFunction.apply(
-        q, k, v, block_index, block_mask, block_size, scale, causal, head_type, sink, local, config
+        q, k, v, block_index, block_size, scale, causal, head_type, sink, local, config
     )

@@ -12,8 +12,8 @@ gradient; Dao 2023, FlashAttention-2, Alg. 2). Two kernels, no atomics:
   inside the program rather than by repeating K/V or by atomics.
 
 Every tile applies the element mask (causal, ragged tails); the forward's mask-free fast path is not
-repeated here. Streaming heads (sink + local) are not covered: ``op`` keeps the reference backward for
-them.
+repeated here. Streaming heads (sink + local) walk their own window blocks with the window masked per
+element, as in the forward.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.block_sparse_attention.index import BlockIndex, index_to_mask
+from kernels.block_sparse_attention.index import BlockIndex, index_to_mask, mask_to_index, streaming_blocks
 
 LOG2E = 1.4426950408889634
 
@@ -39,6 +39,7 @@ def _bwd_dq_kernel(
     DQ,
     KV_IDX,
     KV_CNT,
+    HEAD_TYPE,
     qk_scale,
     sm_scale,
     stride_qb,
@@ -56,7 +57,10 @@ def _bwd_dq_kernel(
     T_K,
     N_HEADS,
     GROUP,
+    SINK,
+    LOCAL,
     CAUSAL: tl.constexpr,
+    HAS_STREAM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -86,6 +90,7 @@ def _bwd_dq_kernel(
     v_base = V + b64 * stride_kb + hk * stride_kh
     idx_base = KV_IDX + b64 * stride_ib + h * stride_ih + qb * stride_im
     count = tl.load(KV_CNT + b * stride_cb + h * stride_ch + qb)
+    stream = tl.load(HEAD_TYPE + h) if HAS_STREAM else 0
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for it in range(0, count):
         kb = tl.load(idx_base + it)
@@ -97,6 +102,9 @@ def _bwd_dq_kernel(
             vt = tl.load(v_base + kv_ptrs, mask=keep, other=0.0)
             if CAUSAL:
                 keep = keep & (cols[None, :] <= q_pos[:, None])
+            if HAS_STREAM:  # a streaming head keeps sink + local window only (always causal)
+                win = (cols[None, :] < SINK) | (q_pos[:, None] - cols[None, :] < LOCAL)
+                keep = keep & ((stream == 0) | (win & (cols[None, :] <= q_pos[:, None])))
             p = tl.math.exp2(tl.dot(q, kt) * qk_scale - lse[:, None])
             p = tl.where(keep, p, 0.0)
             ds = p * (tl.dot(do, vt) - delta[:, None])
@@ -116,6 +124,7 @@ def _bwd_dkdv_kernel(
     DV,
     Q_IDX,
     Q_CNT,
+    HEAD_TYPE,
     qk_scale,
     sm_scale,
     stride_qb,
@@ -135,7 +144,10 @@ def _bwd_dkdv_kernel(
     N_KV_HEADS,
     GROUP,
     N_QB,
+    SINK,
+    LOCAL,
     CAUSAL: tl.constexpr,
+    HAS_STREAM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -173,8 +185,13 @@ def _bwd_dkdv_kernel(
             lse = tl.load(LSE + stat, mask=row_ok, other=float("inf"))
             delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
             keep = col_ok[:, None] & row_ok[None, :]
+            q_pos = offs_m + (T_K - T_Q)
             if CAUSAL:
-                keep = keep & (cols[:, None] <= offs_m[None, :] + (T_K - T_Q))
+                keep = keep & (cols[:, None] <= q_pos[None, :])
+            if HAS_STREAM:
+                stream = tl.load(HEAD_TYPE + h)
+                win = (cols[:, None] < SINK) | (q_pos[None, :] - cols[:, None] < LOCAL)
+                keep = keep & ((stream == 0) | (win & (cols[:, None] <= q_pos[None, :])))
             pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
             pt = tl.where(keep, pt, 0.0)
             dv = tl.dot(pt.to(do.dtype), do, dv)
@@ -223,9 +240,16 @@ def block_sparse_attn_bwd(
     block_size: int,
     scale: float,
     causal: bool,
+    head_type: Tensor | None = None,
+    sink: int = 0,
+    local: int = 0,
     config: dict[str, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of block-sparse attention; ``lse`` `(B, Hq, Tq)` is the forward's, in log2 units."""
+    """``(dq, dk, dv)`` of block-sparse attention; ``lse`` `(B, Hq, Tq)` is the forward's, in log2 units.
+
+    Streaming heads (``head_type[h] == 1``, causal only) walk their sink + local blocks: their rows of
+    ``index`` are replaced by those (:func:`streaming_blocks`) and the window is masked per element.
+    """
     b, t_q, h_q, d = q.shape
     t_k, h_kv = k.shape[1], k.shape[2]
     q, k, v, do = (x.contiguous() for x in (q, k, v, do))
@@ -233,6 +257,13 @@ def block_sparse_attn_bwd(
     cfg = {**default_bwd_config(block_size, d, q.dtype), **(config or {})}
     bm, bn = cfg["block_m"], cfg["block_n"]
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
+    has_stream = head_type is not None and bool((head_type == 1).any())
+    if has_stream:  # the streaming heads' own blocks, so both kernels' lists cover them
+        mask = index_to_mask(index, n_kb)
+        heads = (head_type == 1).nonzero().flatten().to(mask.device)
+        mask[:, heads] = streaming_blocks(t_q, t_k, block_size, sink, local, mask.device)
+        index = mask_to_index(mask, t_q, t_k, block_size, causal=True)
+    ht = head_type.to(device=q.device, dtype=torch.int32).contiguous() if has_stream else index.cnt
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     _bwd_dq_kernel[(n_qb * (block_size // bm), b * h_q)](
@@ -245,6 +276,7 @@ def block_sparse_attn_bwd(
         dq,
         index.idx,
         index.cnt,
+        ht,
         scale * LOG2E,
         scale,
         q.stride(0),
@@ -262,7 +294,10 @@ def block_sparse_attn_bwd(
         t_k,
         h_q,
         h_q // h_kv,
+        sink,
+        local,
         CAUSAL=causal,
+        HAS_STREAM=has_stream,
         BLOCK_SIZE=block_size,
         BLOCK_M=bm,
         BLOCK_N=bn,
@@ -281,6 +316,7 @@ def block_sparse_attn_bwd(
         dv,
         q_idx,
         q_cnt,
+        ht,
         scale * LOG2E,
         scale,
         q.stride(0),
@@ -300,7 +336,10 @@ def block_sparse_attn_bwd(
         h_kv,
         h_q // h_kv,
         n_qb,
+        sink,
+        local,
         CAUSAL=causal,
+        HAS_STREAM=has_stream,
         BLOCK_SIZE=block_size,
         BLOCK_M=bm,
         BLOCK_N=bn,

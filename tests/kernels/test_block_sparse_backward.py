@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import kernels.block_sparse_attention.op as bsa_op
-from kernels.block_sparse_attention import block_sparse_attn, block_sparse_attn_ref, mask_to_index
+from kernels.block_sparse_attention import (
+    HEAD_STREAMING,
+    block_sparse_attn,
+    block_sparse_attn_ref,
+    mask_to_index,
+)
+from kernels.block_sparse_attention.index import streaming_blocks
+from kernels.block_sparse_attention.reference import token_mask
 from kernels.block_sparse_attention.triton_bwd import block_sparse_attn_bwd, transpose_index
 from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
 from kernels.testing import assert_close, structured_qkv
@@ -108,3 +115,55 @@ def test_op_uses_the_triton_backward(monkeypatch, device):
     want = _ref_grads(q, k, v, mask, bs, causal, do)
     for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
         assert_close(name, w, g, torch.float32)
+
+
+STREAM_CASES = [
+    # (B, Tq, Tk, Hq, Hkv, D, block, sink, local, streaming heads)
+    (2, 200, 200, 4, 2, 64, 64, 16, 70, (1, 2)),
+    (1, 130, 300, 2, 1, 64, 64, 64, 100, (0,)),
+    (1, 260, 260, 2, 2, 64, 128, 4, 128, (1,)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize(
+    "case", STREAM_CASES, ids=lambda c: f"Tq{c[1]}-Tk{c[2]}-bs{c[6]}-sink{c[7]}-local{c[8]}"
+)
+def test_streaming_heads_backward_matches_reference(case, dtype, device):
+    b, t_q, t_k, h_q, h_kv, d, bs, sink, local, streaming = case
+    q, k, v, mask, _, _ = _inputs((b, t_q, t_k, h_q, h_kv, d, bs, True), dtype, device, seed=11)
+    head_type = torch.zeros(h_q, dtype=torch.int32, device=device)
+    head_type[list(streaming)] = HEAD_STREAMING
+    kw = dict(block_size=bs, causal=True, head_type=head_type, sink=sink, local=local)
+    leaves = [x.requires_grad_(True) for x in (q, k, v)]
+    out = block_sparse_attn(*leaves, mask, impl="triton", **kw)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    got = torch.autograd.grad(out, leaves, do)
+    ref_leaves = [x.detach().double().requires_grad_(True) for x in (q, k, v)]
+    ref = block_sparse_attn_ref(*ref_leaves, mask, **kw)
+    want = torch.autograd.grad(ref, ref_leaves, do.double())
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        assert_close(name, w, g, dtype)
+
+
+@pytest.mark.parametrize(("t_q", "t_k"), [(200, 200), (130, 300), (256, 256)])
+def test_streaming_blocks_are_the_blocks_the_window_touches(t_q, t_k):
+    bs = 64
+    n_qb, n_kb = -(-t_q // bs), -(-t_k // bs)
+    for sink in (0, 5, 64, 65):
+        for local in range(1, 200, 3):  # every residue of the window edge modulo the block
+            tokens = token_mask(
+                torch.ones(1, 1, n_qb, n_kb, dtype=torch.bool),
+                t_q,
+                t_k,
+                bs,
+                causal=True,
+                head_type=torch.tensor([HEAD_STREAMING]),
+                sink=sink,
+                local=local,
+            )[0, 0]
+            pad = torch.zeros(n_qb * bs, n_kb * bs, dtype=torch.bool)
+            pad[:t_q, :t_k] = tokens
+            touched = pad.view(n_qb, bs, n_kb, bs).any(3).any(1)
+            got = streaming_blocks(t_q, t_k, bs, sink, local, "cpu")
+            assert torch.equal(got, touched), (sink, local)

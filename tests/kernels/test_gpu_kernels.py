@@ -141,12 +141,15 @@ def test_bf16_block_sparse_backward_matches_reference(t, h_kv, device):
     mask = torch.rand(1, 8, n, n, device=device, generator=gen) < 0.3
     mask[..., 0] = True
     mask[..., torch.arange(n), torch.arange(n)] = True
+    head_type = torch.zeros(8, dtype=torch.int32, device=device)
+    head_type[[2, 5]] = HEAD_STREAMING  # streaming heads' backward in the same launches
+    kw = dict(block_size=128, causal=True, head_type=head_type, sink=128, local=1024)
     leaves = [x.requires_grad_(True) for x in (q, k, v)]
-    out = block_sparse_attn(*leaves, mask, block_size=128, causal=True, impl="triton")
+    out = block_sparse_attn(*leaves, mask, impl="triton", **kw)
     do = torch.randn_like(out)
     got = torch.autograd.grad(out, leaves, do)
     ref_leaves = [x.detach().float().requires_grad_(True) for x in (q, k, v)]
-    ref = block_sparse_attn_ref(*ref_leaves, mask, block_size=128, causal=True)
+    ref = block_sparse_attn_ref(*ref_leaves, mask, **kw)
     want = torch.autograd.grad(ref, ref_leaves, do.float())
     for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
         assert_close(f"bf16-{name}", w, g.float(), torch.bfloat16)
