@@ -24,6 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.block_sparse_attention.index import BlockIndex, index_to_mask, mask_to_index, streaming_blocks
+from kernels.block_sparse_attention.reference import HEAD_STREAMING
 
 LOG2E = 1.4426950408889634
 
@@ -247,8 +248,9 @@ def block_sparse_attn_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of block-sparse attention; ``lse`` `(B, Hq, Tq)` is the forward's, in log2 units.
 
-    Streaming heads (``head_type[h] == 1``, causal only) walk their sink + local blocks: their rows of
-    ``index`` are replaced by those (:func:`streaming_blocks`) and the window is masked per element.
+    Streaming heads (``head_type[h] == HEAD_STREAMING``, causal only) walk their sink + local blocks:
+    their rows of ``index`` are replaced by those (:func:`streaming_blocks`) and the window is masked
+    per element.
     """
     b, t_q, h_q, d = q.shape
     t_k, h_kv = k.shape[1], k.shape[2]
@@ -257,10 +259,10 @@ def block_sparse_attn_bwd(
     cfg = {**default_bwd_config(block_size, d, q.dtype), **(config or {})}
     bm, bn = cfg["block_m"], cfg["block_n"]
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
-    has_stream = head_type is not None and bool((head_type == 1).any())
+    has_stream = head_type is not None and bool((head_type == HEAD_STREAMING).any())
     if has_stream:  # the streaming heads' own blocks, so both kernels' lists cover them
         mask = index_to_mask(index, n_kb)
-        heads = (head_type == 1).nonzero().flatten().to(mask.device)
+        heads = (head_type == HEAD_STREAMING).nonzero().flatten().to(mask.device)
         mask[:, heads] = streaming_blocks(t_q, t_k, block_size, sink, local, mask.device)
         index = mask_to_index(mask, t_q, t_k, block_size, causal=True)
     ht = head_type.to(device=q.device, dtype=torch.int32).contiguous() if has_stream else index.cnt
