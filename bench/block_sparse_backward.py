@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from bench.common import device_name, parse_flags, write_results
 from bench.prefill_attention import timed
 from kernels.block_sparse_attention import block_sparse_attn, mask_to_index
+from kernels.block_sparse_attention.triton_bwd import block_sparse_attn_bwd
+from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
 from kernels.testing import density_mask, rel_rms
 
 log = logging.getLogger("bench.block_sparse_backward")
@@ -115,19 +117,10 @@ def run_length(t: int, cfg: BackwardBenchConfig, rows: list[dict], sweep: bool) 
     return res
 
 
-def triton_fwd_lse(q, k, v, index, bs):
-    from kernels.block_sparse_attention.triton_fwd import block_sparse_attn_fwd
-
-    return block_sparse_attn_fwd(
-        q, k, v, index, block_size=bs, scale=q.shape[-1] ** -0.5, causal=True, return_lse=True
-    )
-
-
 def sweep_configs(q, k, v, do, index, bs, reps, rows) -> list[dict]:
     """Backward alone (forward's output and LSE given) for each tile config of ``SWEEP``."""
-    from kernels.block_sparse_attention.triton_bwd import block_sparse_attn_bwd
-
-    out, lse = triton_fwd_lse(q, k, v, index, bs)
+    scale = q.shape[-1] ** -0.5
+    out, lse = block_sparse_attn_fwd(q, k, v, index, block_size=bs, scale=scale, causal=True, return_lse=True)
     found = []
     for config in SWEEP:
         try:
@@ -141,7 +134,7 @@ def sweep_configs(q, k, v, do, index, bs, reps, rows) -> list[dict]:
                     lse,
                     index,
                     block_size=bs,
-                    scale=q.shape[-1] ** -0.5,
+                    scale=scale,
                     causal=True,
                     config=config,
                 ),
