@@ -53,6 +53,28 @@ SWEEP = [
     {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2},
     {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 3},
     {"block_m": 32, "block_n": 64, "num_warps": 4, "num_stages": 2},
+    # dK/dV on wider key tiles (FlashAttention-2 walks 128 keys per program), dQ as the default
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2, "dkdv_block_n": 128, "dkdv_num_warps": 8},
+    {
+        "block_m": 64,
+        "block_n": 64,
+        "num_warps": 4,
+        "num_stages": 2,
+        "dkdv_block_m": 32,
+        "dkdv_block_n": 128,
+        "dkdv_num_warps": 8,
+    },
+    {
+        "block_m": 64,
+        "block_n": 64,
+        "num_warps": 4,
+        "num_stages": 2,
+        "dkdv_block_n": 128,
+        "dkdv_num_warps": 8,
+        "dkdv_num_stages": 3,
+    },
+    # dQ on taller query tiles, dK/dV as the default
+    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 2, "dkdv_block_m": 64, "dkdv_num_warps": 4},
 ]
 
 

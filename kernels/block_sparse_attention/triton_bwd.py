@@ -223,7 +223,11 @@ def transpose_index(index: BlockIndex, n_kb: int, n_kv_heads: int) -> tuple[Tens
 
 
 def default_bwd_config(block_size: int, head_dim: int, dtype: torch.dtype) -> dict[str, int]:
-    """Tile sizes of the two kernels (64 × 64 tiles; fp32 on the interpreter takes smaller ones)."""
+    """Tile sizes of the two kernels (64 × 64 tiles; fp32 on the interpreter takes smaller ones).
+
+    ``dkdv_``-prefixed keys (``dkdv_block_m``, ``dkdv_block_n``, ``dkdv_num_warps``,
+    ``dkdv_num_stages``) override the shared ones for the ``dK``/``dV`` kernel alone.
+    """
     tile = 32 if dtype == torch.float32 else 64
     tile = min(tile, block_size)
     return {"block_m": tile, "block_n": tile, "num_warps": 4, "num_stages": 2}
@@ -258,6 +262,10 @@ def block_sparse_attn_bwd(
     delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()  # (B, Hq, Tq)
     cfg = {**default_bwd_config(block_size, d, q.dtype), **(config or {})}
     bm, bn = cfg["block_m"], cfg["block_n"]
+    kv_bm, kv_bn = cfg.get("dkdv_block_m", bm), cfg.get("dkdv_block_n", bn)
+    for name, tile in (("block_m", bm), ("block_n", bn), ("dkdv_block_m", kv_bm), ("dkdv_block_n", kv_bn)):
+        if block_size % tile:
+            raise ValueError(f"backward tile {name}={tile} must divide block_size={block_size}")
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
     has_stream = head_type is not None and bool((head_type == HEAD_STREAMING).any())
     if has_stream:  # the streaming heads' own blocks, so both kernels' lists cover them
@@ -307,7 +315,11 @@ def block_sparse_attn_bwd(
         **launch,
     )
     q_idx, q_cnt = transpose_index(index, n_kb, h_kv)
-    _bwd_dkdv_kernel[(n_kb * (block_size // bn), b * h_kv)](
+    kv_launch = {
+        "num_warps": cfg.get("dkdv_num_warps", cfg["num_warps"]),
+        "num_stages": cfg.get("dkdv_num_stages", cfg["num_stages"]),
+    }
+    _bwd_dkdv_kernel[(n_kb * (block_size // kv_bn), b * h_kv)](
         q,
         k,
         v,
@@ -343,9 +355,9 @@ def block_sparse_attn_bwd(
         CAUSAL=causal,
         HAS_STREAM=has_stream,
         BLOCK_SIZE=block_size,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
+        BLOCK_M=kv_bm,
+        BLOCK_N=kv_bn,
         HEAD_DIM=d,
-        **launch,
+        **kv_launch,
     )
     return dq, dk, dv

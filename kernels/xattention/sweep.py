@@ -1,10 +1,11 @@
-"""XAttention scoring sweep on one GPU: ``python -m kernels.xattention.sweep [--t=131072] [--out=DIR]``.
+"""XAttention scoring sweep on one GPU: ``python -m kernels.xattention.sweep [--t=N] [--out=D] [--quick=1]``.
 
 Times each piece of the scoring path separately at one length (B=1, 32 heads, head dim 128, causal,
 block 128, S=16 and 8): the fp8 cast (fused kernel vs torch clamp + cast), the scoring kernel with
 pointer loads vs TMA loads over a grid of launch configs, and the selection kernel; checks each TMA
 variant's output against the pointer kernel's; and times the 10%-density block-sparse attention that
-the scoring share is measured against. Prints a table and writes ``xattn_sweep.json``.
+the scoring share is measured against. ``--quick=1``: S=16 fp8 TMA configs only (with the in-kernel q
+cast) and cuBLAS on the same GEMM shape, the ceiling. Prints a table and writes ``xattn_sweep.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,41 @@ H, D, BS = 32, 128, 128
 
 def _ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=5, rep=50, return_mode="median")
+
+
+def gemm_ceiling(q8, k8, q, k, stride: int) -> list[dict]:
+    """The scoring GEMM's shape on cuBLAS: per head ``[T/S, S·D] @ [S·D, T/S]``, full square, no epilogue.
+
+    The causal scoring needs half of these FLOPs, so half the time is what a cuBLAS-class kernel
+    would take for the GEMM alone (the fp8 rows write bf16 scores, as ``torch._scaled_mm`` must).
+    """
+    t = q.shape[1]
+    n_rows = t // stride
+
+    def per_head(x):
+        return x[0].view(n_rows, stride, H, D).permute(2, 0, 1, 3).reshape(H, n_rows, stride * D).contiguous()
+
+    a8, b8, a16, b16 = per_head(q8), per_head(k8), per_head(q), per_head(k)
+    one = torch.ones((), device=q.device)
+    flop = 2 * H * n_rows * n_rows * stride * D
+    out = []
+
+    def fp8():
+        for h in range(H):
+            torch._scaled_mm(a8[h], b8[h].t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+    def bf16():
+        for h in range(0, H, 8):
+            torch.bmm(a16[h : h + 8], b16[h : h + 8].transpose(1, 2))
+
+    for name, fn in (("gemm_cublas_fp8_full", fp8), ("gemm_cublas_bf16_full", bf16)):
+        try:
+            ms = _ms(fn)
+            out.append({"what": name, "ms": ms, "causal_half_ms": ms / 2, "tflops": flop / ms / 1e9})
+        except Exception as e:  # no fp8 GEMM on this card
+            out.append({"what": name, "error": str(e)[:200]})
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -74,14 +110,34 @@ def main(argv: list[str]) -> None:
             (256, 256, 8, 2, 0),
         ],
     }
-    for stride in (16, 8):
+    if opts.get("quick"):  # S = 16 fp8 TMA only: the default, in-kernel q cast, the GEMM ceiling
+        configs = {
+            True: [
+                (128, 256, 8, 4, 0, 0),
+                (128, 256, 8, 4, 1, 0),
+                (128, 256, 8, 3, 0, 1),
+                (128, 256, 8, 2, 0, 1),
+                (128, 256, 8, 3, 1, 1),
+                (128, 128, 8, 4, 0, 1),
+                (128, 128, 8, 4, 1, 1),
+            ]
+        }
+        rows.append({"what": "fp8_cast_k_only", "ms": _ms(lambda: to_fp8_e4m3(k))})
+        rows += gemm_ceiling(q8, k8, q, k, 16)
+    else:
+        configs = {f: [(*c, 0) for c in cfgs] for f, cfgs in configs.items()}
+    for stride in (16,) if opts.get("quick") else (16, 8):
         flop = t * t * D * H / stride
         for fp8, cfgs in configs.items():
-            qq, kk = (q8, k8) if fp8 else (q, k)
             ref = None
-            for bm, bn, nw, ns, ws in cfgs:
+            for bm, bn, nw, ns, ws, q_cvt in cfgs:
+                qq, kk = (q if q_cvt else q8, k8) if fp8 else (q, k)
                 for tma in (0, 1):
-                    if (stride == 8 and (bm, bn, nw, ns, ws) not in cfgs[:2]) or (ws and not tma):
+                    if (stride == 8 and (bm, bn, nw, ns, ws, q_cvt) not in cfgs[:2]) or (
+                        (ws or q_cvt) and not tma
+                    ):
+                        continue
+                    if opts.get("quick") and not tma:
                         continue
                     c = {
                         "block_m": bm,
@@ -91,6 +147,8 @@ def main(argv: list[str]) -> None:
                         "tma": tma,
                         "ws": ws,
                     }
+                    if q_cvt:  # the kernel casts each bf16 q tile; the call casts k
+                        c.update(fp8=1, q_to_fp8=1)
                     row = {"what": "score", "stride": stride, "fp8": fp8, **c}
                     try:
                         fn = functools.partial(
@@ -132,11 +190,12 @@ def main(argv: list[str]) -> None:
             torch.cuda.empty_cache()
     print(f"\n{name}, T={t}: 10%-density attention {attn10:.2f} ms; target scoring <= {0.15 * attn10:.2f} ms")
     for r in rows:
-        if r["what"] != "score":
+        if r["what"] != "score" and "ms" in r:
             print(f"{r['what']:>16} S={r.get('stride', '-')} fp8={r.get('fp8', '-')}: {r['ms']:.2f} ms")
     for r in sorted((r for r in rows if "ms" in r and r["what"] == "score"), key=lambda r: r["ms"])[:12]:
         print(
-            f"score S={r['stride']} fp8={int(r['fp8'])} tma={r['tma']} ws={r['ws']} "
+            f"score S={r['stride']} fp8={int(r['fp8'])} q_to_fp8={r.get('q_to_fp8', 0)} "
+            f"tma={r['tma']} ws={r['ws']} "
             f"bm={r['block_m']} bn={r['block_n']} "
             f"w={r['num_warps']} st={r['num_stages']}: {r['ms']:.2f} ms {r['tflops']:.0f} TFLOP/s "
             f"diff={r.get('max_abs_diff_row_lse', 0):.2e}"

@@ -175,6 +175,7 @@ def _xattn_score_tma_kernel(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
+    Q_TO_FP8: tl.constexpr = False,
 ):
     """The scoring kernel above with TMA loads and one flat loop over (column tile, s).
 
@@ -209,6 +210,8 @@ def _xattn_score_tma_kernel(
         ks = k_desc.load([b, start, (s * N_KV_HEADS + hk) * HEAD_DIM])
         qs = tl.reshape(qs, [BLOCK_M, HEAD_DIM])
         ks = tl.reshape(ks, [BLOCK_N, HEAD_DIM])
+        if Q_TO_FP8:  # 16-bit q tile cast to e4m3 in registers (saturating, as to_fp8_e4m3)
+            qs = tl.minimum(tl.maximum(qs.to(tl.float32), -448.0), 448.0).to(tl.float8e4nv)
         acc = tl.dot(qs, ks.T, acc)
         if s == STRIDE - 1:
             m_i, l_i = _score_tile_done(
@@ -381,7 +384,8 @@ def xattn_score_fwd(
     """Run the scoring kernel (``config={"fp8": 1}`` scores in float8 e4m3).
 
     ``config={"tma": 0|1}`` picks the pointer-load or the TMA kernel; by default TMA where
-    :func:`tma_supported` says it applies (Hopper or newer).
+    :func:`tma_supported` says it applies (Hopper or newer). ``config={"fp8": 1, "q_to_fp8": 1}``
+    (TMA only) casts only k ahead of the kernel and each 16-bit q tile inside it.
 
     Returns:
         ``(lse_rb (B*H, rows, NKB), lse_r (B*H, rows))`` in log2 units.
@@ -392,12 +396,13 @@ def xattn_score_fwd(
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
     n_rows = n_qb * r
     config = config or {}
-    if config.get(
-        "fp8"
-    ):  # score in fp8 (e4m3): twice the tensor-core rate on Hopper, ample for ranking blocks
-        q, k = to_fp8_e4m3(q), to_fp8_e4m3(k)
+    q_to_fp8 = bool(config.get("fp8") and config.get("q_to_fp8"))
+    if config.get("fp8"):  # score in fp8 (e4m3): twice the tensor-core rate on Hopper, ample for ranking
+        q, k = (q if q_to_fp8 else to_fp8_e4m3(q)), to_fp8_e4m3(k)
     use_tma = bool(config.get("tma", tma_supported(q, k, stride)))
-    cfg = {**score_config(stride, block_size, tma=use_tma, itemsize=q.element_size()), **config}
+    if q_to_fp8 and not use_tma:
+        raise ValueError("q_to_fp8 needs the TMA scoring kernel (Hopper or newer, contiguous q/k)")
+    cfg = {**score_config(stride, block_size, tma=use_tma, itemsize=k.element_size()), **config}
     block_n = max(cfg["block_n"], r)
     lse_rb = torch.empty(b * h_q, n_rows, n_kb, dtype=torch.float32, device=q.device)
     lse_r = torch.empty(b * h_q, n_rows, dtype=torch.float32, device=q.device)
@@ -434,6 +439,7 @@ def xattn_score_fwd(
             BLOCK_N=block_n,
             HEAD_DIM=d,
             WARP_SPECIALIZE=bool(cfg.get("ws", 0)),
+            Q_TO_FP8=q_to_fp8,
             num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )

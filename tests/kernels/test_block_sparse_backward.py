@@ -71,6 +71,50 @@ def test_triton_backward_matches_reference(case, dtype, device):
     assert bool((got[0][0, last:, 0] == 0).all())
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"block_m": 16, "block_n": 32, "dkdv_block_m": 32, "dkdv_block_n": 64},
+        {"block_m": 32, "block_n": 16, "dkdv_block_m": 16, "dkdv_block_n": 32, "dkdv_num_warps": 2},
+    ],
+    ids=["dkdv-wide-keys", "dkdv-own-warps"],
+)
+def test_backward_with_separate_dkdv_tiles_matches_reference(config, device):
+    q, k, v, mask, causal, bs = _inputs(CASES[3], torch.float16, device, seed=5)
+    scale = q.shape[-1] ** -0.5
+    index = mask_to_index(mask, q.shape[1], k.shape[1], bs, causal=causal)
+    out, lse = block_sparse_attn_fwd(
+        q, k, v, index, block_size=bs, scale=scale, causal=causal, return_lse=True
+    )
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device, q.dtype)
+    got = block_sparse_attn_bwd(
+        do, q, k, v, out, lse, index, block_size=bs, scale=scale, causal=causal, config=config
+    )
+    want = _ref_grads(q, k, v, mask, bs, causal, do)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        assert_close(name, w, g, q.dtype)
+
+
+def test_backward_rejects_a_tile_that_does_not_divide_the_block(device):
+    q, k, v, mask, causal, bs = _inputs(CASES[0], torch.float16, device, seed=5)
+    index = mask_to_index(mask, q.shape[1], k.shape[1], bs, causal=causal)
+    out, lse = block_sparse_attn_fwd(q, k, v, index, block_size=bs, scale=0.1, causal=causal, return_lse=True)
+    with pytest.raises(ValueError, match="dkdv_block_n=48 must divide block_size=64"):
+        block_sparse_attn_bwd(
+            out,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            index,
+            block_size=bs,
+            scale=0.1,
+            causal=causal,
+            config={"dkdv_block_n": 48},
+        )
+
+
 def test_forward_lse_is_the_row_logsumexp(device):
     q, k, v, mask, causal, bs = _inputs(CASES[0], torch.float32, device, seed=3)
     scale = q.shape[-1] ** -0.5

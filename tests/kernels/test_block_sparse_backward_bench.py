@@ -1,6 +1,6 @@
 """bench.block_sparse_backward end to end at toy sizes (Triton interpreter on the CPU)."""
 
-from bench.block_sparse_backward import BackwardBenchConfig, run_length
+from bench.block_sparse_backward import SWEEP, BackwardBenchConfig, run_length
 
 
 def test_run_length_rows_and_gradient_error():
@@ -14,5 +14,5 @@ def test_run_length_rows_and_gradient_error():
     kinds = [r["kind"] for r in rows]
     assert kinds.count("full") == 1
     assert kinds.count("density") == 1
-    assert kinds.count("bwd_config") == 4
+    assert kinds.count("bwd_config") == len(SWEEP)
     assert all("bwd_ms" in r for r in rows if r["kind"] == "bwd_config")

@@ -133,6 +133,19 @@ def test_tma_scoring_equals_pointer_scoring_at_16k(fp8, device):
     assert torch.allclose(r_ptr, r_ws, rtol=0, atol=1e-4)
 
 
+def test_q_cast_inside_the_scoring_kernel_at_16k(device):
+    from kernels.xattention.triton_fwd import xattn_score_fwd
+
+    q, k, _, _ = structured_qkv(1, 16384, 8, 4, 128, dtype=torch.bfloat16, device=device, seed=8)
+    kw = dict(stride=16, block_size=128, scale=128**-0.5, causal=True)
+    cfg = {"fp8": 1, "tma": 1, "num_stages": 3}
+    rb_ahead, r_ahead = xattn_score_fwd(q, k, **kw, config=cfg)
+    rb_in, r_in = xattn_score_fwd(q, k, **kw, config={**cfg, "q_to_fp8": 1})
+    assert torch.allclose(r_ahead, r_in, rtol=0, atol=1e-4)
+    written = ~rb_ahead.isnan()
+    assert torch.allclose(rb_ahead[written], rb_in[written], rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize(("t", "h_kv"), [(4096, 8), (3001, 2)], ids=["T4096-H8x8", "T3001-H8x2"])
 def test_bf16_block_sparse_backward_matches_reference(t, h_kv, device):
     q, k, v, _ = structured_qkv(1, t, 8, h_kv, 128, dtype=torch.bfloat16, device=device, seed=4)

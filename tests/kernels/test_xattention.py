@@ -126,6 +126,40 @@ def test_tma_scoring_equals_pointer_scoring(case, device):
     assert torch.allclose(rb_ptr[written], rb_tma[written], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", TMA_CASES[:2], ids=[_case_id(c[:9]) for c in TMA_CASES[:2]])
+def test_q_cast_inside_the_kernel_equals_casting_ahead(case, device):
+    """``q_to_fp8``: each 16-bit q tile cast to e4m3 in the kernel gives the pre-cast fp8 scores exactly."""
+    b, t_q, t_k, h_q, h_kv, d, bs, stride, causal, bn = case
+    q, k, _, _ = structured_qkv(
+        b, t_k, h_q, h_kv, d, dtype=torch.float16, device=device, seed=3, needle_len=16
+    )
+    q = (q[:, t_k - t_q :] * 100).contiguous()  # some entries past e4m3's 448: the cast must saturate
+    assert q.abs().max() > 448
+    cfg = {"block_m": 64, "block_n": bn, "num_warps": 4, "num_stages": 2, "tma": 1, "fp8": 1}
+    kw = dict(stride=stride, block_size=bs, scale=d**-0.5 / 100, causal=causal)
+    rb_ahead, r_ahead = xattn_score_fwd(q, k, **kw, config=cfg)
+    rb_in, r_in = xattn_score_fwd(q, k, **kw, config={**cfg, "q_to_fp8": 1})
+    assert torch.equal(r_ahead, r_in)
+    written = ~rb_ahead.isnan()
+    assert torch.equal(rb_ahead[written], rb_in[written])
+    _, r_16 = xattn_score_fwd(q, k, **kw, config={**cfg, "fp8": 0})
+    assert not torch.equal(r_16, r_in)  # the cast happened: 16-bit scores differ
+
+
+def test_q_cast_inside_the_kernel_needs_tma():
+    q = torch.randn(1, 128, 2, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="q_to_fp8 needs the TMA"):
+        xattn_score_fwd(
+            q,
+            q,
+            stride=8,
+            block_size=64,
+            scale=0.125,
+            causal=True,
+            config={"fp8": 1, "q_to_fp8": 1, "tma": 0},
+        )
+
+
 def test_tma_scoring_refuses_ragged_length():
     q = torch.randn(1, 100, 2, 64, dtype=torch.float16)
     with pytest.raises(ValueError, match="multiple of the stride"):
