@@ -4,7 +4,7 @@ from bench.block_sparse_backward import SWEEP, BackwardBenchConfig, run_length
 
 
 def test_run_length_rows_and_gradient_error():
-    cfg = BackwardBenchConfig(heads=2, head_dim=64, block_size=64, densities="0.5")
+    cfg = BackwardBenchConfig(heads=2, head_dim=64, block_size=128, densities="0.5")
     rows: list[dict] = []
     res = run_length(256, cfg, rows, sweep=True)
     # the full causal mask is dense attention: its gradients are SDPA's (fp32 here)
