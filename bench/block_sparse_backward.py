@@ -48,33 +48,31 @@ class BackwardBenchConfig:
     seed: int = 0
 
 
+def _tiles(bm, bn, nw, ns, kv_bm, kv_bn, kv_nw, kv_ns=2) -> dict[str, int]:
+    """One backward config: dQ tiles and launch, then dK/dV's (all explicit, defaults not consulted)."""
+    return {
+        "block_m": bm,
+        "block_n": bn,
+        "num_warps": nw,
+        "num_stages": ns,
+        "dkdv_block_m": kv_bm,
+        "dkdv_block_n": kv_bn,
+        "dkdv_num_warps": kv_nw,
+        "dkdv_num_stages": kv_ns,
+    }
+
+
 SWEEP = [
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
-    {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2},
-    {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 3},
-    {"block_m": 32, "block_n": 64, "num_warps": 4, "num_stages": 2},
-    # dK/dV on wider key tiles (FlashAttention-2 walks 128 keys per program), dQ as the default
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2, "dkdv_block_n": 128, "dkdv_num_warps": 8},
-    {
-        "block_m": 64,
-        "block_n": 64,
-        "num_warps": 4,
-        "num_stages": 2,
-        "dkdv_block_m": 32,
-        "dkdv_block_n": 128,
-        "dkdv_num_warps": 8,
-    },
-    {
-        "block_m": 64,
-        "block_n": 64,
-        "num_warps": 4,
-        "num_stages": 2,
-        "dkdv_block_n": 128,
-        "dkdv_num_warps": 8,
-        "dkdv_num_stages": 3,
-    },
-    # dQ on taller query tiles, dK/dV as the default
-    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 2, "dkdv_block_m": 64, "dkdv_num_warps": 4},
+    _tiles(64, 64, 4, 2, 64, 64, 4),  # the tenth session's default, both kernels alike
+    _tiles(64, 64, 8, 2, 64, 64, 8),
+    _tiles(32, 64, 4, 2, 32, 64, 4),
+    # dK/dV on wider key tiles (FlashAttention-2 walks 128 keys per program)
+    _tiles(64, 64, 4, 2, 64, 128, 8),  # the default now
+    _tiles(64, 64, 4, 2, 32, 128, 8),
+    # dQ on taller query tiles
+    _tiles(128, 64, 8, 2, 64, 64, 4),
+    _tiles(128, 64, 8, 2, 64, 128, 8),
+    _tiles(128, 32, 8, 2, 64, 128, 8),
 ]
 
 

@@ -451,7 +451,7 @@ def lm_rows(cfg: PrefillBenchConfig, rows: list[dict]) -> dict:
         shares = (0.0, cfg.row_share) if cfg.row_share > 0 else (0.0,)
         variants = [(st, rs, 1.0) for st in (4, 8, 16) for rs in shares]
         if 0.0 < cfg.lm_dense_above < 1.0:  # diffuse rows go dense (kernels/xattention/README.md)
-            variants += [(st, cfg.row_share, cfg.lm_dense_above) for st in (8, 16)]
+            variants += [(st, cfg.row_share, cfg.lm_dense_above) for st in (4, 8, 16)]
         for stride, rs, da in variants:
 
             def select(q=q, k=k, stride=stride, rs=rs, da=da):

@@ -223,14 +223,18 @@ def transpose_index(index: BlockIndex, n_kb: int, n_kv_heads: int) -> tuple[Tens
 
 
 def default_bwd_config(block_size: int, head_dim: int, dtype: torch.dtype) -> dict[str, int]:
-    """Tile sizes of the two kernels (64 × 64 tiles; fp32 on the interpreter takes smaller ones).
+    """Tile sizes of the two kernels (64 × 64, dK/dV on 64 × 128; fp32 on the interpreter: smaller).
 
     ``dkdv_``-prefixed keys (``dkdv_block_m``, ``dkdv_block_n``, ``dkdv_num_warps``,
     ``dkdv_num_stages``) override the shared ones for the ``dK``/``dV`` kernel alone.
     """
     tile = 32 if dtype == torch.float32 else 64
     tile = min(tile, block_size)
-    return {"block_m": tile, "block_n": tile, "num_warps": 4, "num_stages": 2}
+    cfg = {"block_m": tile, "block_n": tile, "num_warps": 4, "num_stages": 2}
+    if dtype != torch.float32 and block_size >= 128:
+        # dK/dV on 128-key tiles, 8 warps: 18.6 vs 23.3 ms for the whole backward (H200, 16k, D 128)
+        cfg.update(dkdv_block_n=128, dkdv_num_warps=8)
+    return cfg
 
 
 def block_sparse_attn_bwd(
