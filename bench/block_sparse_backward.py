@@ -67,11 +67,11 @@ SWEEP = [
     _tiles(64, 64, 8, 2, 64, 64, 8),
     _tiles(32, 64, 4, 2, 32, 64, 4),
     # dK/dV on wider key tiles (FlashAttention-2 walks 128 keys per program)
-    _tiles(64, 64, 4, 2, 64, 128, 8),  # the default now
+    _tiles(64, 64, 4, 2, 64, 128, 8),
     _tiles(64, 64, 4, 2, 32, 128, 8),
     # dQ on taller query tiles
     _tiles(128, 64, 8, 2, 64, 64, 4),
-    _tiles(128, 64, 8, 2, 64, 128, 8),
+    _tiles(128, 64, 8, 2, 64, 128, 8),  # the default now
     _tiles(128, 32, 8, 2, 64, 128, 8),
 ]
 
