@@ -9,7 +9,11 @@ plain Monte-Carlo estimate of the block's mass, the same GEMM FLOPs, S times the
 "query_rows" estimator spends the same GEMM FLOPs on whole attention rows of every S-th query instead
 (FlexPrefill/MInference-style query sampling): exact rows, fewer of them.
 
-This compares both against the true block mass on queries and keys captured from a trained model
+"cell_exact" is a bound, not an estimator: every cell's exact log-sum-exp over all its S x S
+pairs, then XAttention's per-reshaped-row softmax; no cell estimate can rank blocks better under
+that normalisation.
+
+This compares them against the true block mass on queries and keys captured from a trained model
 (``bench/prefill_attention.py --lm_only=1 --lm_dump_layers=0,3`` writes ``lm_l<L>_{qa,qb,k}.pt``):
 
 - ``tau``: XAttention's threshold selection on the estimate; recall vs the oracle with the same
@@ -96,6 +100,41 @@ def sampled_pair_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: in
     return out
 
 
+def cell_exact_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: int) -> Tensor:
+    """The best any cell estimate can do under XAttention's per-reshaped-row softmax (causal, self-attention).
+
+    Each ``S x S`` cell gets the exact log-sum-exp of *all* its query/key logits (what a perfect
+    estimator of the antidiagonal's cell would give), then the softmax runs per reshaped row over
+    those cells and a block sums its cells, as in XAttention. What stays wrong is the pooling of a
+    row's S queries before normalising: a query with a large partition function outweighs the
+    others, where the true mass gives each query a share of 1. Exact at ``stride = 1``.
+
+    Args:
+        q: `(B, T, Hq, D)` queries; ``T`` a multiple of ``block_size``.
+        k: `(B, T, Hkv, D)` keys, ``Hq % Hkv == 0``.
+        stride: the cell side ``S`` (``block_size % S == 0``).
+        block_size: block size in tokens.
+
+    Returns:
+        `(B, Hq, T/block_size, T/block_size)` fp32.
+    """
+    b, t, h_q, d = q.shape
+    _check_shapes(q, k, stride, block_size, "cell_exact_block_mass")
+    rep = h_q // k.shape[2]
+    r, n, cells = t // stride, t // block_size, block_size // stride
+    qf = q.float().transpose(1, 2)
+    kf = k.float().transpose(1, 2).repeat_interleave(rep, dim=1)
+    pos = torch.arange(t)
+    hidden = pos[None, :] > pos[:, None]
+    out = torch.empty(b, h_q, n, n)
+    for h in range(h_q):
+        logit = ((qf[:, h] @ kf[:, h].transpose(-1, -2)) * d**-0.5).masked_fill(hidden, -math.inf)
+        cell = torch.logsumexp(logit.view(b, r, stride, r, stride), dim=(2, 4))  # (B, R, R)
+        p = torch.softmax(cell, -1)
+        out[:, h] = p.view(b, n, cells, n, cells).sum((2, 4))
+    return out
+
+
 def query_rows_block_mass(q: Tensor, k: Tensor, *, stride: int, block_size: int) -> Tensor:
     """Block mass from every ``stride``-th query's exact attention row (causal self-attention).
 
@@ -166,6 +205,7 @@ def study(
             "antidiagonal": antidiagonal_block_mass_ref(q, k, stride=stride, block_size=block_size),
             "sampled": sampled_pair_block_mass(q, k, stride=stride, block_size=block_size),
             "query_rows": query_rows_block_mass(q, k, stride=stride, block_size=block_size),
+            "cell_exact": cell_exact_block_mass(q, k, stride=stride, block_size=block_size),
         }
         for name, est in ests.items():
             keep = select_blocks_ref(est, tau, t_q=t, t_k=t, block_size=block_size, causal=True)

@@ -87,7 +87,7 @@ def test_study_rows_and_equal_budget():
     rows = xe.study(q, k, strides=[8, 4], tau=0.9, block_size=64)
     est_rows = [r for r in rows if r["estimator"] != "true mass"]
     assert {(r["estimator"], r["stride"]) for r in est_rows} == {
-        (e, s) for e in ("antidiagonal", "sampled", "query_rows") for s in (8, 4)
+        (e, s) for e in ("antidiagonal", "sampled", "query_rows", "cell_exact") for s in (8, 4)
     }
     for r in est_rows:
         assert 0.0 < r["tau_recall_vs_oracle"] <= 1.0 + 1e-6
@@ -98,3 +98,33 @@ def test_study_rows_and_equal_budget():
 def test_missing_dumps_say_how_to_make_them(tmp_path):
     with pytest.raises(SystemExit, match="lm_dump_layers=0"):
         xe.load_layer(tmp_path, 0, 128)
+
+
+def test_cell_exact_at_stride_one_is_the_exact_mass():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 256, 4, 16, generator=g) * 2
+    k = torch.randn(1, 256, 2, 16, generator=g) * 2
+    exact = antidiagonal_block_mass_ref(q, k, stride=1, block_size=64)
+    torch.testing.assert_close(xe.cell_exact_block_mass(q, k, stride=1, block_size=64), exact)
+    with pytest.raises(ValueError, match="multiple of block_size"):
+        xe.cell_exact_block_mass(q[:, :200], k[:, :200], stride=4, block_size=64)
+
+
+def test_cell_exact_pools_the_queries_of_a_row_before_normalising():
+    """Reshaped rows of S=2 queries: a loud one (logit 12 on key block 0), a quiet one (3 on block 1).
+
+    The true mass gives each query a share of 1, so the two blocks hold similar mass; the pooled
+    cell softmax lets the loud query decide and block 1 all but vanishes. At S=1 it is exact.
+    """
+    t, d = 128, 8
+    q, k = torch.zeros(1, t, 1, d), torch.zeros(1, t, 1, d)
+    sc = d**0.5
+    k[0, 0:32, 0, 0] = sc  # key block 0 (of 4, block 32): direction 0
+    k[0, 32:64, 0, 1] = sc  # key block 1: direction 1
+    q[0, 96:128:2, 0, 0] = 12.0  # loud queries (even positions of query block 3)
+    q[0, 97:128:2, 0, 1] = 3.0  # quiet queries (odd positions)
+    true = antidiagonal_block_mass_ref(q, k, stride=1, block_size=32)[0, 0, 3]
+    pooled = xe.cell_exact_block_mass(q, k, stride=2, block_size=32)[0, 0, 3]
+    assert true[1] > 0.7 * true[0]
+    assert pooled[1] < 0.01 * pooled[0]
+    torch.testing.assert_close(xe.cell_exact_block_mass(q, k, stride=1, block_size=32)[0, 0, 3], true)
