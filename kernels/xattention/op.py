@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from kernels.block_sparse_attention.index import BlockIndex, mask_to_index
-from kernels.block_sparse_attention.op import block_sparse_attn
+from kernels.block_sparse_attention.op import HEAD_STREAMING, block_sparse_attn
 from kernels.dispatch import resolve_impl
 from kernels.xattention.lowrank import key_subspace, project_qk
 from kernels.xattention.reference import check_dense_above, xattn_select_ref
@@ -50,6 +50,7 @@ def xattn_select(
     row_share: float = 0.0,
     dense_above: float = 1.0,
     score_rank: int = 0,
+    heads: Tensor | None = None,
 ) -> tuple[BlockIndex, Tensor | None]:
     """Pick the key blocks each query block attends to (XAttention, ``README.md``).
 
@@ -74,9 +75,13 @@ def xattn_select(
         score_rank: score on the keys' top ``score_rank`` principal directions instead of the whole
             head dimension (``lowrank.py``; 0, the default, is off): the scoring GEMM shrinks by
             ``score_rank / D``. The Triton path takes ranks 64 (of D = 128); the reference any.
+        heads: optional 1-D query-head ids to score (distinct, in ``[0, Hq)``); the other heads are
+            not scored and keep no block (``cnt`` 0, mass 0). Streaming heads, which attend to
+            their sink + local window whatever the index says, need no scoring.
 
     Returns:
-        ``(BlockIndex, mass or None)``: ascending kept-block lists for :func:`block_sparse_attn`.
+        ``(BlockIndex, mass or None)``: ascending kept-block lists for :func:`block_sparse_attn`,
+        over all ``Hq`` heads.
     """
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(
@@ -95,6 +100,12 @@ def xattn_select(
         raise ValueError(f"causal needs Tq <= Tk, got Tq={q.shape[1]}, Tk={k.shape[1]}")
     if not 0 <= score_rank < q.shape[-1]:
         raise ValueError(f"score_rank must be in [0, head dim {q.shape[-1]}) (0 = off), got {score_rank}")
+    if heads is not None:
+        heads = _check_heads(heads, q.shape[2], q.device)
+        if heads.numel() == q.shape[2]:
+            heads = None  # every head: the plain path
+        elif heads.numel() == 0:
+            return _no_blocks(q, k, block_size, heads, return_mass)
     scale = (
         q.shape[-1] ** -0.5 if scale is None else float(scale)
     )  # the full dimension's, also when projected
@@ -104,9 +115,12 @@ def xattn_select(
     b, t_q, h_q, _ = q.shape
     t_k = k.shape[1]
     if which == "reference":
+        qs, ks = q, k
+        if heads is not None:  # the scored heads' q and their key heads, one key head each
+            qs, ks = q[:, :, heads], k[:, :, heads // (h_q // k.shape[2])]
         mask, mass = xattn_select_ref(
-            q,
-            k,
+            qs,
+            ks,
             stride=stride,
             tau=tau,
             block_size=block_size,
@@ -115,17 +129,23 @@ def xattn_select(
             row_share=row_share,
             dense_above=dense_above,
         )
+        if heads is not None:
+            full = mask.new_zeros(b, h_q, *mask.shape[2:])
+            full[:, heads] = mask
+            mask, full_mass = full, mass.new_zeros(b, h_q, *mass.shape[2:])
+            full_mass[:, heads] = mass
+            mass = full_mass
         return mask_to_index(mask, t_q, t_k, block_size, causal=causal), (mass if return_mass else None)
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     lse_rb, lse_r = xattn_score_fwd(
-        q, k, stride=stride, block_size=block_size, scale=scale, causal=causal, config=config
+        q, k, stride=stride, block_size=block_size, scale=scale, causal=causal, config=config, heads=heads
     )
-    return xattn_select_fwd(
+    index, mass = xattn_select_fwd(
         lse_rb,
         lse_r,
         batch=b,
-        heads=h_q,
+        heads=h_q if heads is None else heads.numel(),
         t_q=t_q,
         t_k=t_k,
         stride=stride,
@@ -136,6 +156,42 @@ def xattn_select(
         row_share=row_share,
         dense_above=dense_above,
     )
+    if heads is None:
+        return index, mass
+    idx = index.idx.new_zeros(b, h_q, *index.idx.shape[2:])
+    cnt, n_full = (
+        index.cnt.new_zeros(b, h_q, index.cnt.shape[2]),
+        index.n_full.new_zeros(b, h_q, index.cnt.shape[2]),
+    )
+    idx[:, heads], cnt[:, heads], n_full[:, heads] = index.idx, index.cnt, index.n_full
+    if mass is not None:
+        full_mass = mass.new_zeros(b, h_q, *mass.shape[2:])
+        full_mass[:, heads] = mass
+        mass = full_mass
+    return BlockIndex(idx, cnt, n_full), mass
+
+
+def _check_heads(heads: Tensor, n_heads: int, device: torch.device) -> Tensor:
+    """``heads`` as int32 on ``device``; raises unless 1-D, distinct and in ``[0, n_heads)``."""
+    if heads.dim() != 1 or heads.dtype.is_floating_point or heads.dtype == torch.bool:
+        raise ValueError(
+            f"heads must be a 1-D integer tensor of query-head ids, got {heads.dtype} {tuple(heads.shape)}"
+        )
+    if heads.numel() and (int(heads.min()) < 0 or int(heads.max()) >= n_heads):
+        raise ValueError(f"heads {heads.tolist()} out of range for {n_heads} query heads")
+    if heads.unique().numel() != heads.numel():
+        raise ValueError(f"heads must be distinct, got {heads.tolist()}")
+    return heads.to(device=device, dtype=torch.int32).contiguous()
+
+
+def _no_blocks(q: Tensor, k: Tensor, block_size: int, heads: Tensor, return_mass: bool):
+    """No head scored: every row keeps nothing."""
+    b, t_q, h_q, _ = q.shape
+    n_qb, n_kb = -(-t_q // block_size), -(-k.shape[1] // block_size)
+    cnt = torch.zeros(b, h_q, n_qb, dtype=torch.int32, device=q.device)
+    idx = torch.zeros(b, h_q, n_qb, n_kb, dtype=torch.int32, device=q.device)
+    mass = torch.zeros(b, h_q, n_qb, n_kb, dtype=torch.float32, device=q.device) if return_mass else None
+    return BlockIndex(idx, cnt, cnt.clone()), mass
 
 
 def xattention_prefill(
@@ -168,7 +224,7 @@ def xattention_prefill(
         block_size: block size in tokens.
         scale: softmax scale, default ``D ** -0.5``.
         causal: causal rule, queries aligned to the end of the keys.
-        head_type: optional `(Hq,)` int, 1 marks streaming heads (sink + local, no scoring needed).
+        head_type: optional `(Hq,)` int, 1 marks streaming heads (sink + local; not scored).
         sink: sink tokens of streaming heads.
         local: local window of streaming heads in tokens.
         fp8_scoring: score in float8 e4m3 on the Triton path (faster on Hopper; see README).
@@ -180,6 +236,9 @@ def xattention_prefill(
     Returns:
         `(B, Tq, Hq, D)`.
     """
+    heads = None
+    if head_type is not None:  # streaming heads ignore the index: score the others only
+        heads = (head_type.to(q.device) != HEAD_STREAMING).nonzero().flatten()
     index, _ = xattn_select(
         q,
         k,
@@ -193,6 +252,7 @@ def xattention_prefill(
         row_share=row_share,
         dense_above=dense_above,
         score_rank=score_rank,
+        heads=heads,
     )
     return block_sparse_attn(
         q,

@@ -76,6 +76,7 @@ def _score_rows_done(m_i, l_i, rows, row_ok, LSE_R, pid_bh, N_ROWS):
 def _xattn_score_fwd_kernel(
     Q,
     K,
+    HEADS,
     LSE_RB,
     LSE_R,
     qk_scale,
@@ -87,7 +88,7 @@ def _xattn_score_fwd_kernel(
     stride_kh,
     T_Q,
     T_K,
-    N_HEADS,
+    N_SCORED,
     GROUP,
     N_ROWS,
     N_KB,
@@ -99,9 +100,9 @@ def _xattn_score_fwd_kernel(
     HEAD_DIM: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // N_HEADS
-    h = pid_bh % N_HEADS
+    pid_bh = tl.program_id(1)  # (batch, scored head): the outputs' row
+    b = pid_bh // N_SCORED
+    h = tl.load(HEADS + pid_bh % N_SCORED)  # the query head it scores
     hk = h // GROUP
     b64 = b.to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -156,6 +157,7 @@ def _xattn_score_fwd_kernel(
 def _xattn_score_tma_kernel(
     q_desc,
     k_desc,
+    HEADS,
     LSE_RB,
     LSE_R,
     qk_scale,
@@ -168,6 +170,7 @@ def _xattn_score_tma_kernel(
     N_KB,
     N_MBLK,
     N_BH,
+    N_SCORED,
     STRIDE: tl.constexpr,
     R: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -187,9 +190,9 @@ def _xattn_score_tma_kernel(
     """
     pid = tl.program_id(0)
     pid_m = N_MBLK - 1 - pid // N_BH
-    pid_bh = pid % N_BH
-    b = pid_bh // N_HEADS
-    h = pid_bh % N_HEADS
+    pid_bh = pid % N_BH  # (batch, scored head): the outputs' row
+    b = pid_bh // N_SCORED
+    h = tl.load(HEADS + pid_bh % N_SCORED)  # the query head it scores
     hk = h // GROUP
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     off = T_K - T_Q
@@ -380,17 +383,24 @@ def xattn_score_fwd(
     scale: float,
     causal: bool,
     config: dict[str, int] | None = None,
+    heads: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run the scoring kernel (``config={"fp8": 1}`` scores in float8 e4m3).
+
+    ``heads``: `(n,)` int32 query heads to score (default all); the outputs hold those heads only,
+    in that order.
 
     ``config={"tma": 0|1}`` picks the pointer-load or the TMA kernel; by default TMA where
     :func:`tma_supported` says it applies (Hopper or newer). ``config={"fp8": 1, "q_to_fp8": 1}``
     (TMA only) casts only k ahead of the kernel and each 16-bit q tile inside it.
 
     Returns:
-        ``(lse_rb (B*H, rows, NKB), lse_r (B*H, rows))`` in log2 units.
+        ``(lse_rb (B*n, rows, NKB), lse_r (B*n, rows))`` in log2 units (``n`` = scored heads).
     """
     b, t_q, h_q, d = q.shape
+    if heads is None:
+        heads = torch.arange(h_q, dtype=torch.int32, device=q.device)
+    n_scored = heads.numel()
     t_k, h_kv = k.shape[1], k.shape[2]
     r = block_size // stride
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
@@ -404,8 +414,8 @@ def xattn_score_fwd(
         raise ValueError("q_to_fp8 needs the TMA scoring kernel (Hopper or newer, contiguous q/k)")
     cfg = {**score_config(stride, block_size, tma=use_tma, itemsize=k.element_size()), **config}
     block_n = max(cfg["block_n"], r)
-    lse_rb = torch.empty(b * h_q, n_rows, n_kb, dtype=torch.float32, device=q.device)
-    lse_r = torch.empty(b * h_q, n_rows, dtype=torch.float32, device=q.device)
+    lse_rb = torch.empty(b * n_scored, n_rows, n_kb, dtype=torch.float32, device=q.device)
+    lse_r = torch.empty(b * n_scored, n_rows, dtype=torch.float32, device=q.device)
     if use_tma:
         if not tma_supported(q, k, stride, check_device=False):
             raise ValueError(
@@ -417,9 +427,10 @@ def xattn_score_fwd(
         q_desc = TensorDescriptor.from_tensor(q3, [1, cfg["block_m"], d])
         k_desc = TensorDescriptor.from_tensor(k3, [1, block_n, d])
         n_mblk = triton.cdiv(n_rows, cfg["block_m"])
-        _xattn_score_tma_kernel[(n_mblk * b * h_q,)](
+        _xattn_score_tma_kernel[(n_mblk * b * n_scored,)](
             q_desc,
             k_desc,
+            heads,
             lse_rb,
             lse_r,
             scale / stride * LOG2E,
@@ -431,7 +442,8 @@ def xattn_score_fwd(
             n_rows,
             n_kb,
             n_mblk,
-            b * h_q,
+            b * n_scored,
+            n_scored,
             STRIDE=stride,
             R=r,
             CAUSAL=causal,
@@ -444,10 +456,11 @@ def xattn_score_fwd(
             num_stages=cfg["num_stages"],
         )
         return lse_rb, lse_r
-    grid = (triton.cdiv(n_rows, cfg["block_m"]), b * h_q)
+    grid = (triton.cdiv(n_rows, cfg["block_m"]), b * n_scored)
     _xattn_score_fwd_kernel[grid](
         q,
         k,
+        heads,
         lse_rb,
         lse_r,
         scale / stride * LOG2E,
@@ -459,7 +472,7 @@ def xattn_score_fwd(
         k.stride(2),
         t_q,
         t_k,
-        h_q,
+        n_scored,
         h_q // h_kv,
         n_rows,
         n_kb,

@@ -146,6 +146,17 @@ def test_q_cast_inside_the_scoring_kernel_at_16k(device):
     assert torch.allclose(rb_ahead[written], rb_in[written], rtol=0, atol=1e-4)
 
 
+def test_scoring_a_subset_of_heads_at_16k(device):
+    q, k, _, _ = structured_qkv(1, 16384, 8, 4, 128, dtype=torch.bfloat16, device=device, seed=9)
+    kw = dict(stride=16, tau=0.9, block_size=128, impl="triton", config={"fp8": 1})
+    full, _ = xattn_select(q, k, **kw)
+    heads = torch.tensor([6, 1, 2], device=device)
+    sub, _ = xattn_select(q, k, **kw, heads=heads)
+    want, got = index_to_mask(full, 128), index_to_mask(sub, 128)
+    assert torch.equal(got[:, [1, 2, 6]], want[:, [1, 2, 6]])
+    assert not sub.cnt[:, [0, 3, 4, 5, 7]].any()
+
+
 @pytest.mark.parametrize(("t", "h_kv"), [(4096, 8), (3001, 2)], ids=["T4096-H8x8", "T3001-H8x2"])
 def test_bf16_block_sparse_backward_matches_reference(t, h_kv, device):
     q, k, v, _ = structured_qkv(1, t, 8, h_kv, 128, dtype=torch.bfloat16, device=device, seed=4)

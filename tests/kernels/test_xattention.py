@@ -345,3 +345,70 @@ def test_dense_above_triton_equals_reference(case, dtype, dense_above, device):
     ref_index = mask_to_index(ref_mask, t_q, t_k, bs, causal=True)
     assert torch.equal(index.cnt.cpu(), ref_index.cnt)
     assert torch.equal(index.n_full.cpu(), ref_index.n_full)
+
+
+@pytest.mark.parametrize(
+    ("impl", "tma"), [("triton", 0), ("triton", 1), ("reference", 0)], ids=["pointer", "tma", "reference"]
+)
+def test_scoring_a_subset_of_heads_gives_those_heads_rows(impl, tma, device):
+    """``heads``: the scored heads' lists equal a full run's (GQA, batch 2); the rest keep nothing."""
+    q, k, _, _ = structured_qkv(2, 256, 4, 2, 64, dtype=torch.float16, device=device, seed=11, needle_len=16)
+    kw = dict(stride=8, tau=0.9, block_size=64, impl=impl, return_mass=True)
+    if impl == "triton":
+        kw["config"] = {"block_m": 32, "block_n": 64, "num_warps": 4, "num_stages": 2, "tma": tma}
+    full, full_mass = xattn_select(q, k, **kw)
+    heads = torch.tensor([3, 0])  # two groups, out of order
+    sub, sub_mass = xattn_select(q, k, **kw, heads=heads)
+    n = 4
+    want, got = index_to_mask(full, n), index_to_mask(sub, n)
+    assert torch.equal(got[:, [0, 3]], want[:, [0, 3]])
+    assert not got[:, [1, 2]].any()
+    assert not sub.cnt[:, [1, 2]].any()
+    torch.testing.assert_close(sub_mass[:, [0, 3]], full_mass[:, [0, 3]], rtol=0, atol=1e-6)
+    assert not sub_mass[:, [1, 2]].any()
+    none, _ = xattn_select(q, k, **kw, heads=torch.tensor([], dtype=torch.int64))
+    assert not none.cnt.any()
+
+
+@pytest.mark.parametrize(
+    ("heads", "match"),
+    [
+        (torch.tensor([0, 4]), "out of range"),
+        (torch.tensor([1, 1]), "distinct"),
+        (torch.tensor([[0]]), "1-D integer"),
+        (torch.tensor([0.0]), "1-D integer"),
+    ],
+)
+def test_heads_are_checked(heads, match):
+    q = torch.randn(1, 128, 4, 64)
+    with pytest.raises(ValueError, match=match):
+        xattn_select(q, q[:, :, :2], stride=8, block_size=64, heads=heads)
+
+
+def test_prefill_scores_only_the_non_streaming_heads(device, monkeypatch):
+    """With streaming heads, the scoring kernel runs on the other heads alone; outputs match the reference."""
+    import kernels.xattention.op as xop
+
+    q, k, v, _ = structured_qkv(1, 256, 4, 2, 64, dtype=torch.float16, device=device, seed=13, needle_len=16)
+    seen = []
+    real = xop.xattn_score_fwd
+
+    def spy(*args, **kwargs):
+        seen.append(None if kwargs.get("heads") is None else kwargs["heads"].tolist())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xop, "xattn_score_fwd", spy)
+    for head_type, scored in (([0, 1, 0, 1], [0, 2]), ([1, 1, 1, 1], None)):
+        ht = torch.tensor(head_type, dtype=torch.int32, device=device)
+        out = xattention_prefill(
+            q, k, v, stride=8, tau=0.9, block_size=64, head_type=ht, sink=16, local=64, impl="triton"
+        )
+        mask, _ = xattn_select_ref(q, k, stride=8, tau=0.9, block_size=64)
+        ref = block_sparse_attn_ref(
+            q, k, v, mask, block_size=64, causal=True, head_type=ht, sink=16, local=64
+        )
+        assert_close("prefill", ref.float(), out.float(), torch.float16)
+        if scored is None:  # every head streams: no scoring launch at all
+            assert seen == [[0, 2]]
+        else:
+            assert seen == [scored]
