@@ -172,16 +172,20 @@ def xattn_select(
 
 
 def _check_heads(heads: Tensor, n_heads: int, device: torch.device) -> Tensor:
-    """``heads`` as int32 on ``device``; raises unless 1-D, distinct and in ``[0, n_heads)``."""
+    """``heads`` as int32 on ``device``; raises unless 1-D, distinct and in ``[0, n_heads)``.
+
+    Checked on a host copy (one transfer, not one sync per check).
+    """
     if heads.dim() != 1 or heads.dtype.is_floating_point or heads.dtype == torch.bool:
         raise ValueError(
             f"heads must be a 1-D integer tensor of query-head ids, got {heads.dtype} {tuple(heads.shape)}"
         )
-    if heads.numel() and (int(heads.min()) < 0 or int(heads.max()) >= n_heads):
-        raise ValueError(f"heads {heads.tolist()} out of range for {n_heads} query heads")
-    if heads.unique().numel() != heads.numel():
-        raise ValueError(f"heads must be distinct, got {heads.tolist()}")
-    return heads.to(device=device, dtype=torch.int32).contiguous()
+    host = heads.detach().to("cpu", torch.int64)
+    if host.numel() and (int(host.min()) < 0 or int(host.max()) >= n_heads):
+        raise ValueError(f"heads {host.tolist()} out of range for {n_heads} query heads")
+    if host.unique().numel() != host.numel():
+        raise ValueError(f"heads must be distinct, got {host.tolist()}")
+    return host.to(device=device, dtype=torch.int32, non_blocking=True)
 
 
 def _no_blocks(q: Tensor, k: Tensor, block_size: int, heads: Tensor, return_mass: bool):
@@ -238,7 +242,7 @@ def xattention_prefill(
     """
     heads = None
     if head_type is not None:  # streaming heads ignore the index: score the others only
-        heads = (head_type.to(q.device) != HEAD_STREAMING).nonzero().flatten()
+        heads = (head_type.cpu() != HEAD_STREAMING).nonzero().flatten()  # (Hq,) ints: host is cheaper
     index, _ = xattn_select(
         q,
         k,
