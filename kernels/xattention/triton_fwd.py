@@ -280,8 +280,6 @@ def _xattn_select_kernel(
     CAUSAL: tl.constexpr,
     NKB_P2: tl.constexpr,
     WRITE_MASS: tl.constexpr,
-    SEARCH_K: tl.constexpr = 8,
-    SEARCH_ITERS: tl.constexpr = 12,
 ):
     qb = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -314,25 +312,18 @@ def _xattn_select_kernel(
     need = tau * tl.sum(m, 0) - tl.sum(tl.where(forced, m, 0.0), 0)
     cand = tl.where(vis & ~forced, m, -1.0)
     # The cutoff is the smallest candidate mass c with sum(cand > c) < need: adding blocks in
-    # descending mass until the kept share reaches tau stops exactly at it (ties kept). A search over
-    # the bit patterns of non-negative floats (ordered like the floats) finds it without sorting the
-    # row: each step probes SEARCH_K evenly spaced patterns in [lo, hi] at once (one 2-D masked sum)
-    # and keeps the gap before the first probe that passes, so ceil(31 / log2 K) + 1 dependent
-    # reductions instead of the binary search's 31. Same integer answer, so the same mask.
+    # descending mass until the kept share reaches tau stops exactly at it (ties kept). A binary
+    # search over the bit patterns of non-negative floats (ordered like the floats) finds it in 31
+    # masked sums, instead of sorting the row.
     lo = tl.zeros([], tl.int32)
     hi = tl.maximum(tl.max(cand, 0), 0.0).to(tl.int32, bitcast=True)
-    offs_k = tl.arange(0, SEARCH_K)
-    for _ in range(SEARCH_ITERS):
-        step = tl.maximum(tl.cdiv(hi - lo, SEARCH_K), 1)
-        probe = tl.minimum(lo + offs_k * step, hi)
-        v = probe.to(tl.float32, bitcast=True)
-        above = tl.sum(tl.where(cand[:, None] > v[None, :], cand[:, None], 0.0), 0)
-        first = tl.min(tl.where(above < need, offs_k, SEARCH_K), 0)  # f(hi) holds: some probe or hi
-        at = tl.sum(tl.where(offs_k == first, probe, 0), 0)
-        before = tl.sum(tl.where(offs_k == first - 1, probe, 0), 0)
-        new_hi = tl.where(first < SEARCH_K, at, hi)
-        new_lo = tl.where(first == 0, lo, tl.where(first < SEARCH_K, before + 1, tl.max(probe, 0) + 1))
-        lo, hi = tl.minimum(new_lo, new_hi), new_hi
+    for _ in range(31):
+        mid = lo + (hi - lo) // 2
+        v = mid.to(tl.float32, bitcast=True)
+        above = tl.sum(tl.where(cand > v, cand, 0.0), 0)
+        ok = above < need
+        hi = tl.where(ok, mid, hi)
+        lo = tl.where(ok, lo, mid + 1)
     cutoff = tl.where(need > 0, hi.to(tl.float32, bitcast=True), float("inf"))
     keep = forced | ((cand >= cutoff) & (cand > 0) & tok_vis)
     # row_share > 0: also any block where one reshaped row puts at least that share of its mass.
@@ -512,16 +503,11 @@ def xattn_select_fwd(
     return_mass: bool = False,
     row_share: float = 0.0,
     dense_above: float = 1.0,
-    search_k: int = 8,
 ) -> tuple[BlockIndex, Tensor | None]:
     """Finalize block mass and select blocks. Returns ``(BlockIndex, mass (B, H, NQB, NKB) or None)``.
 
     ``row_share`` and ``dense_above`` are the extra rules of ``reference.select_blocks_ref``.
-    ``search_k`` (a power of two ≥ 2): probes per step of the τ-cutoff search.
     """
-    if search_k < 2 or search_k & (search_k - 1):
-        raise ValueError(f"search_k must be a power of two >= 2, got {search_k}")
-    search_iters = -(-31 // (search_k.bit_length() - 1)) + 1
     r = block_size // stride
     n_qb, n_kb = triton.cdiv(t_q, block_size), triton.cdiv(t_k, block_size)
     dev = lse_rb.device
@@ -551,8 +537,6 @@ def xattn_select_fwd(
         CAUSAL=causal,
         NKB_P2=nkb_p2,
         WRITE_MASS=return_mass,
-        SEARCH_K=search_k,
-        SEARCH_ITERS=search_iters,
         num_warps=4 if nkb_p2 <= 1024 else 8,
     )
     return BlockIndex(idx, cnt, n_full), (mass if return_mass else None)
