@@ -105,7 +105,7 @@ def xattn_select(
         if heads.numel() == q.shape[2]:
             heads = None  # every head: the plain path
         elif heads.numel() == 0:
-            return _no_blocks(q, k, block_size, heads, return_mass)
+            return _no_blocks(q, k, block_size, return_mass)
     scale = (
         q.shape[-1] ** -0.5 if scale is None else float(scale)
     )  # the full dimension's, also when projected
@@ -188,7 +188,7 @@ def _check_heads(heads: Tensor, n_heads: int, device: torch.device) -> Tensor:
     return host.to(device=device, dtype=torch.int32, non_blocking=True)
 
 
-def _no_blocks(q: Tensor, k: Tensor, block_size: int, heads: Tensor, return_mass: bool):
+def _no_blocks(q: Tensor, k: Tensor, block_size: int, return_mass: bool) -> tuple[BlockIndex, Tensor | None]:
     """No head scored: every row keeps nothing."""
     b, t_q, h_q, _ = q.shape
     n_qb, n_kb = -(-t_q // block_size), -(-k.shape[1] // block_size)
