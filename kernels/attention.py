@@ -36,8 +36,14 @@ class SparsePrefillConfig:
             0.914 to 0.986 at 0.89 density (CPU, 8k, stride 16; ``kernels/xattention/README.md``).
         stride: XAttention's antidiagonal stride (4, 8 or 16).
         block_size: sparse block size in tokens (64 or 128).
-        streaming_heads: query heads that use sink + local windows (from
+        streaming_heads: query heads that use sink + local windows, in every layer (from
             ``kernels.streaming_heads.profile_streaming_heads``).
+        streaming_heads_per_layer: per-layer streaming heads (entry ``i`` for layer ``i``; LServe
+            and DuoAttention pick them per layer). When set, it replaces ``streaming_heads`` for
+            every layer and must cover each layer that reaches the sparse path
+            (``kernels.streaming_heads.calibrate_sparse_prefill`` writes it).
+        dense_layers: layers whose long prefills stay dense: diffuse layers, where XAttention keeps
+            most blocks anyway and ranks them poorly (``calibrate_sparse_prefill`` picks them).
         sink: sink tokens of streaming heads.
         local: local window of streaming heads, in tokens.
         fp8_scoring: run XAttention's scoring GEMM in float8 e4m3 (Hopper; ~1.4-1.7x faster scoring).
@@ -54,6 +60,8 @@ class SparsePrefillConfig:
     stride: int = 8
     block_size: int = 128
     streaming_heads: list[int] = field(default_factory=list)
+    streaming_heads_per_layer: list[list[int]] = field(default_factory=list)
+    dense_layers: list[int] = field(default_factory=list)
     sink: int = 128
     local: int = 4096
     fp8_scoring: bool = False
@@ -90,27 +98,51 @@ class SparsePrefillConfig:
             raise ValueError(f"SparsePrefillConfig.score_rank must be >= 0 (0 = off), got {self.score_rank}")
         if self.impl not in ("auto", "triton", "reference"):
             raise ValueError(f"SparsePrefillConfig.impl must be auto/triton/reference, got {self.impl!r}")
-        if self.method == "streaming" and not self.streaming_heads:
+        if self.method == "streaming" and not (self.streaming_heads or any(self.streaming_heads_per_layer)):
             raise ValueError(
-                "SparsePrefillConfig.method='streaming' needs streaming_heads (run the profiler)"
+                "SparsePrefillConfig.method='streaming' needs streaming_heads or streaming_heads_per_layer "
+                "(run the profiler)"
+            )
+        if any(i < 0 for i in self.dense_layers):
+            raise ValueError(
+                f"SparsePrefillConfig.dense_layers must be layer indices >= 0, got {self.dense_layers}"
             )
 
-    def head_type(self, n_heads: int, device: torch.device) -> Tensor | None:
-        """`(n_heads,)` int32 head-type vector, or None when no head streams."""
-        if not self.streaming_heads:
+    def heads_for_layer(self, layer: int | None) -> list[int]:
+        """The streaming heads of ``layer`` (``None``: a caller without layers, the shared list)."""
+        if not self.streaming_heads_per_layer:
+            return list(self.streaming_heads)
+        if layer is None:
+            raise ValueError(
+                "SparsePrefillConfig.streaming_heads_per_layer needs the layer index: "
+                "pass layer= to attention()"
+            )
+        if layer >= len(self.streaming_heads_per_layer):
+            raise ValueError(
+                f"SparsePrefillConfig.streaming_heads_per_layer covers {len(self.streaming_heads_per_layer)} "
+                f"layers, attention was called for layer {layer}: profile every layer"
+            )
+        return list(self.streaming_heads_per_layer[layer])
+
+    def head_type(self, n_heads: int, device: torch.device, layer: int | None = None) -> Tensor | None:
+        """`(n_heads,)` int32 head-type vector of ``layer``, or None when no head streams."""
+        heads = self.heads_for_layer(layer)
+        if not heads:
             return None
-        if max(self.streaming_heads) >= n_heads or min(self.streaming_heads) < 0:
-            raise ValueError(f"streaming_heads {self.streaming_heads} out of range for {n_heads} heads")
+        if max(heads) >= n_heads or min(heads) < 0:
+            raise ValueError(f"streaming heads {heads} out of range for {n_heads} heads (layer {layer})")
         ht = torch.zeros(n_heads, dtype=torch.int32, device=device)
-        ht[list(self.streaming_heads)] = 1
+        ht[heads] = 1
         return ht
 
 
-def _sparse_prefill(q: Tensor, k: Tensor, v: Tensor, cfg: SparsePrefillConfig, scale: float | None) -> Tensor:
+def _sparse_prefill(
+    q: Tensor, k: Tensor, v: Tensor, cfg: SparsePrefillConfig, scale: float | None, layer: int | None
+) -> Tensor:
     from kernels.block_sparse_attention.op import block_sparse_attn
     from kernels.xattention.op import xattention_prefill
 
-    head_type = cfg.head_type(q.shape[2], q.device)
+    head_type = cfg.head_type(q.shape[2], q.device, layer)
     if cfg.method == "xattention":
         return xattention_prefill(
             q,
@@ -158,6 +190,7 @@ def attention(
     attn_mask: Tensor | None = None,
     scale: float | None = None,
     sparse: SparsePrefillConfig | None = None,
+    layer: int | None = None,
 ) -> Tensor:
     """Scaled dot-product attention with GQA, in the stack's ``[B, T, H, D]`` layout.
 
@@ -171,6 +204,8 @@ def attention(
         scale: softmax scale, default ``D ** -0.5``.
         sparse: optional sparse-prefill policy; used only for causal prefill (``Tq == Tk``) with no
             ``attn_mask`` and ``Tq >= sparse.min_len``.
+        layer: the calling layer's index, for the policy's per-layer choices (``dense_layers``,
+            ``streaming_heads_per_layer``).
 
     Returns:
         `(B, Tq, Hq, D)` output.
@@ -188,8 +223,9 @@ def attention(
         and attn_mask is None
         and tq == tk
         and tq >= sparse.min_len
+        and (layer is None or layer not in sparse.dense_layers)
     ):
-        return _sparse_prefill(q, k, v, sparse, scale)
+        return _sparse_prefill(q, k, v, sparse, scale, layer)
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
     if hkv != hq:
         rep = hq // hkv

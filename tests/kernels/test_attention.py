@@ -147,8 +147,40 @@ def test_streaming_method_uses_windows(device):
         ({"stride": 3}, "stride"),
         ({"block_size": 96}, "block_size"),
         ({"method": "streaming"}, "streaming_heads"),
+        ({"method": "streaming", "streaming_heads_per_layer": [[], []]}, "streaming_heads"),
+        ({"dense_layers": [-1]}, "dense_layers"),
     ],
 )
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SparsePrefillConfig(**kw)
+
+
+def test_per_layer_plan_dense_layers_and_streaming_heads(device):
+    """``dense_layers`` keeps a layer dense; ``streaming_heads_per_layer`` gives each layer its heads."""
+    q, k, v, _ = structured_qkv(1, 300, 2, 2, 64, dtype=torch.float32, device=device, seed=3, needle_len=16)
+    cfg = SparsePrefillConfig(
+        method="streaming",
+        min_len=64,
+        block_size=64,
+        streaming_heads_per_layer=[[0], [1], []],
+        dense_layers=[2],
+        sink=16,
+        local=64,
+        impl="triton",
+    )
+    ones = torch.ones(1, 2, 5, 5, dtype=torch.bool, device=device)
+    for layer, streaming in ((0, [1, 0]), (1, [0, 1])):
+        out = attention(q, k, v, sparse=cfg, layer=layer)
+        ht = torch.tensor(streaming, device=device)
+        ref = block_sparse_attn_ref(
+            q, k, v, ones, block_size=64, causal=True, head_type=ht, sink=16, local=64
+        )
+        assert_close(f"layer {layer}", ref, out, torch.float32)
+    assert torch.equal(attention(q, k, v, sparse=cfg, layer=2), _dense(q, k, v))  # a dense layer
+    with pytest.raises(ValueError, match="covers 3 layers, attention was called for layer 3"):
+        attention(q, k, v, sparse=cfg, layer=3)
+    with pytest.raises(ValueError, match="needs the layer index"):
+        attention(q, k, v, sparse=cfg)
+    shared = SparsePrefillConfig(method="streaming", min_len=64, streaming_heads=[1], dense_layers=[0])
+    assert shared.heads_for_layer(None) == shared.heads_for_layer(5) == [1]

@@ -68,3 +68,45 @@ def test_short_prefill_stays_dense():
 def test_bad_sparse_config_is_refused():
     with pytest.raises(ValueError, match="method"):
         SparsePrefillConfig(method="magic")
+
+
+@torch.no_grad()
+def test_capture_qk_and_a_calibrated_plan():
+    """``capture_qk`` returns each layer's post-RoPE q and k; a plan set with ``set_sparse_prefill``
+    reaches every layer: all layers dense equals the dense model, layer 1 streaming does not."""
+    from kernels.streaming_heads import calibrate_sparse_prefill
+
+    model = _decoder(SparsePrefillConfig())
+    x = _ids(256)
+    emb = model.embed_tokens(x)
+    qk = model.capture_qk(emb)
+    assert len(qk) == 2
+    assert qk[0][0].shape == (1, 256, 4, 16)
+    assert qk[0][1].shape == (1, 256, 2, 16)
+    assert all(layer.self_attn.capture is None for layer in model.layers)
+    # layer 0's queries are the RoPE'd projection of the normed embeddings
+    from vla.backbones.decoder import apply_rope, rope_cos_sin
+
+    attn = model.layers[0].self_attn
+    h = model.layers[0].input_layernorm(emb)
+    cos, sin = rope_cos_sin(torch.arange(256), 16, model.cfg.rope_theta, emb.dtype)
+    torch.testing.assert_close(qk[0][0], apply_rope(attn.q_proj(h).view(1, 256, 4, 16), cos, sin))
+    ref = model.logits(x)
+    base = SparsePrefillConfig(  # its streaming heads are replaced by the calibration's
+        method="streaming",
+        streaming_heads=[0],
+        min_len=128,
+        block_size=64,
+        sink=4,
+        local=16,
+        impl="reference",
+    )
+    plan, _ = calibrate_sparse_prefill([[p] for p in qk], base, ratio=0.5, max_outside=1.0)
+    assert [len(h) for h in plan.streaming_heads_per_layer] == [2, 2]
+    model.set_sparse_prefill(plan)
+    assert all(layer.self_attn.sparse is plan for layer in model.layers)
+    assert (model.logits(x) - ref).abs().max() > 1e-3  # streaming heads ran
+    model.set_sparse_prefill(
+        SparsePrefillConfig(method="streaming", min_len=128, streaming_heads=[0], dense_layers=[0, 1])
+    )
+    torch.testing.assert_close(model.logits(x), ref)

@@ -164,6 +164,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
         self.sparse = cfg.sparse_prefill
+        self.capture: list[tuple[Tensor, Tensor]] | None = None
 
     def forward(
         self,
@@ -189,7 +190,9 @@ class Attention(nn.Module):
                 k, v = cache.write_at(layer, start, k, v)
             else:
                 k, v = cache.write(layer, start, k, v)
-        out = attention(q, k, v, causal=mask is None, attn_mask=mask, sparse=self.sparse)  # (B, T, H, D)
+        if self.capture is not None:  # calibration: keep this layer's post-RoPE queries and keys
+            self.capture.append((q.detach(), k.detach()))
+        out = attention(q, k, v, causal=mask is None, attn_mask=mask, sparse=self.sparse, layer=layer)
         return self.o_proj(out.reshape(b, t, -1))
 
 
@@ -304,6 +307,30 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i, positions)
         return self.norm(x)
+
+    def set_sparse_prefill(self, sparse: SparsePrefillConfig) -> None:
+        """Compute every layer's long prefills with ``sparse`` from now on (e.g. a calibrated plan)."""
+        self.cfg.sparse_prefill = sparse
+        for layer in self.layers:
+            layer.self_attn.sparse = sparse
+
+    @torch.no_grad()
+    def capture_qk(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """One full-sequence pass over `(B, T, d)` embeddings; each layer's post-RoPE ``(q, k)``.
+
+        Returns:
+            One ``(q (B, T, Hq, D), k (B, T, Hkv, D))`` per layer, for calibration
+            (``kernels.streaming_heads.calibrate_sparse_prefill``).
+        """
+        attns = [layer.self_attn for layer in self.layers]
+        for a in attns:
+            a.capture = []
+        try:
+            self.forward(x)
+            return [a.capture[0] for a in attns]
+        finally:
+            for a in attns:
+                a.capture = None
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Language-model logits `(B, T, vocab)` for token ids (causal); needs ``vocab_size > 0``."""
