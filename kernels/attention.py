@@ -142,6 +142,10 @@ def _sparse_prefill(
     from kernels.block_sparse_attention.op import block_sparse_attn
     from kernels.xattention.op import xattention_prefill
 
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):  # as SDPA under autocast: q, k, v in the autocast dtype
+        dt = torch.get_autocast_dtype(dev)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     head_type = cfg.head_type(q.shape[2], q.device, layer)
     if cfg.method == "xattention":
         return xattention_prefill(

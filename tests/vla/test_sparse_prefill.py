@@ -110,3 +110,17 @@ def test_capture_qk_and_a_calibrated_plan():
         SparsePrefillConfig(method="streaming", min_len=128, streaming_heads=[0], dense_layers=[0, 1])
     )
     torch.testing.assert_close(model.logits(x), ref)
+
+
+@torch.no_grad()
+def test_sparse_prefill_under_autocast_matches_dense_at_tau_one():
+    """Under autocast RoPE leaves q, k in fp32 and v in bf16; the sparse path runs them as SDPA does."""
+    cfg = SparsePrefillConfig(
+        method="xattention", min_len=128, tau=1.0, stride=8, block_size=64, impl="reference"
+    )
+    dense, sparse = _decoder(SparsePrefillConfig()), _decoder(cfg)
+    x = _ids(256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = dense.logits(x), sparse.logits(x)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
