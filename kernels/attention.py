@@ -228,6 +228,7 @@ def attention(
         and tq == tk
         and tq >= sparse.min_len
         and (layer is None or layer not in sparse.dense_layers)
+        and (sparse.method != "streaming" or sparse.heads_for_layer(layer))  # no streaming head: SDPA
     ):
         return _sparse_prefill(q, k, v, sparse, scale, layer)
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)

@@ -178,6 +178,8 @@ def test_per_layer_plan_dense_layers_and_streaming_heads(device):
         )
         assert_close(f"layer {layer}", ref, out, torch.float32)
     assert torch.equal(attention(q, k, v, sparse=cfg, layer=2), _dense(q, k, v))  # a dense layer
+    no_heads = SparsePrefillConfig(method="streaming", min_len=64, streaming_heads_per_layer=[[0], []])
+    assert torch.equal(attention(q, k, v, sparse=no_heads, layer=1), _dense(q, k, v))  # nothing streams: SDPA
     with pytest.raises(ValueError, match="covers 3 layers, attention was called for layer 3"):
         attention(q, k, v, sparse=cfg, layer=3)
     with pytest.raises(ValueError, match="needs the layer index"):
